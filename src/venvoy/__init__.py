@@ -1,0 +1,25 @@
+"""venvoy: one reproducible Python environment on every container runtime.
+
+``from venvoy import VenvoyEnvironment`` is resolved lazily, so that importing
+the package (as ``venvoy run`` does) stays cheap.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .environment import VenvoyEnvironment
+
+__all__ = ["VenvoyEnvironment", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "VenvoyEnvironment":
+        from .environment import VenvoyEnvironment
+
+        return VenvoyEnvironment
+    raise AttributeError(f"module 'venvoy' has no attribute {name!r}")

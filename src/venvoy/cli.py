@@ -1,0 +1,259 @@
+"""The ``venvoy`` command line: a thin layer over the library.
+
+Only the standard library is imported up front; each command imports what it
+needs, so ``venvoy run`` starts about as fast as Python itself.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from . import __version__
+from .errors import VenvoyError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+    from typing import Any, NoReturn
+
+
+#: `run`'s options for the fast path: name -> (attribute, kind). Must match
+#: the argparse definition below; tests/unit check that both parse alike.
+_RUN_OPTIONS: dict[str, tuple[str, str]] = {
+    "--image": ("image", "value"), "--runtime": ("runtime", "value"),
+    "--workdir": ("workdir", "value"), "-w": ("workdir", "value"), "--gpu": ("gpu", "value"),
+    "--mount": ("mount", "list"), "-v": ("mount", "list"), "--env": ("env", "list"),
+    "-e": ("env", "list"), "--env-pass": ("env_pass", "list"),
+    "--tty": ("tty", "true"), "-t": ("tty", "true"), "--no-tty": ("tty", "false"),
+    "--dry-run": ("dry_run", "true"),
+}
+
+
+class RunArgs:
+    """Parsed `run` options (what argparse's Namespace would hold)."""
+
+    def __init__(self) -> None:
+        self.image: str | None = None
+        self.runtime: str | None = None
+        self.workdir: str | None = None
+        self.gpu: str | None = None
+        self.mount: list[str] = []
+        self.env: list[str] = []
+        self.env_pass: list[str] = []
+        self.tty: bool | None = None
+        self.dry_run = False
+
+
+def fast_run_args(argv: list[str]) -> tuple[RunArgs, list[str]] | None:
+    """Parse ``run OPTIONS -- CMD`` without argparse, or None when unsure.
+
+    argparse (with the re, gettext and locale it pulls in) is about a third of
+    ``venvoy run``'s own start-up. Plain, well-formed command lines are parsed
+    here; anything else (help, an unknown or incomplete option, no ``--``)
+    returns None and goes through argparse, which gives the proper message.
+    """
+    if "--" not in argv:
+        return None
+    end = argv.index("--")
+    args = RunArgs()
+    i = 0
+    while i < end:
+        word = argv[i]
+        name, eq, inline = word.partition("=")
+        spec = _RUN_OPTIONS.get(name if eq and name.startswith("--") else word)
+        if spec is None:
+            return None
+        attr, kind = spec
+        if kind in ("true", "false"):
+            if eq and name.startswith("--"):
+                return None
+            setattr(args, attr, kind == "true")
+            i += 1
+            continue
+        if eq and name.startswith("--"):
+            value, i = inline, i + 1
+        elif i + 1 < end:
+            value, i = argv[i + 1], i + 2
+        else:
+            return None
+        if kind == "list":
+            getattr(args, attr).append(value)
+        else:
+            setattr(args, attr, value)
+    if args.image is None or args.gpu not in (None, "nvidia", "amd"):
+        return None
+    return args, argv[end + 1:]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser (help, errors, every command); argparse is imported here."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        """argparse, but errors are one line like every other venvoy error."""
+
+        def _get_formatter(self) -> argparse.HelpFormatter:
+            # argparse sizes a formatter with shutil.get_terminal_size even when
+            # nothing is printed, importing shutil (and bz2, lzma) on every call.
+            try:
+                width = os.get_terminal_size(sys.stdout.fileno()).columns - 2
+            except (OSError, ValueError):
+                width = 78
+            return self.formatter_class(prog=self.prog, width=width)  # type: ignore[call-arg]
+
+        def error(self, message: str) -> NoReturn:
+            self.exit(2, f"venvoy: error: {message} (see `{self.prog} --help`)\n")
+
+    def add_runtime_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--runtime", metavar="R",
+                       help="docker, podman, apptainer, singularity, charliecloud, shifter or "
+                            "enroot (default: VENVOY_RUNTIME, the config file, then detection)")
+
+    parser = Parser(prog="venvoy", description="One reproducible Python environment on every "
+                    "container runtime: Docker, Podman, Apptainer/Singularity, Charliecloud.")
+    parser.add_argument("--version", action="version", version=f"venvoy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    info = sub.add_parser("runtime-info", help="show the runtime venvoy would use, and why")
+    add_runtime_option(info)
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+    run = sub.add_parser("run", help="run a command in a container image",
+                         usage="venvoy run --image IMAGE [options] -- CMD [ARG...]")
+    run.add_argument("--image", required=True,
+                     help="an image the runtime knows, a .sif file, or a Charliecloud image dir")
+    add_runtime_option(run)
+    run.add_argument("--mount", "-v", action="append", default=[], metavar="SRC:DST[:ro]",
+                     help="bind-mount a host path (repeatable); the current directory always is")
+    run.add_argument("--env", "-e", action="append", default=[], metavar="K=V",
+                     help="set a variable in the container (repeatable)")
+    run.add_argument("--env-pass", action="append", default=[], metavar="NAME",
+                     help="copy a host variable into the container (repeatable)")
+    run.add_argument("--workdir", "-w", metavar="DIR",
+                     help="working directory in the container (default: the current directory)")
+    run.add_argument("--gpu", choices=["nvidia", "amd"], help="pass the host's GPUs through")
+    tty = run.add_mutually_exclusive_group()
+    tty.add_argument("--tty", "-t", dest="tty", action="store_true", default=None,
+                     help="allocate a terminal (default: when stdin and stdout are terminals)")
+    tty.add_argument("--no-tty", dest="tty", action="store_false")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the runtime command venvoy would run, and exit")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    load = sub.add_parser("load", help="load a Docker/OCI archive tar into a runtime")
+    load.add_argument("archive", help="the tar written by `docker save` or `podman save`")
+    load.add_argument("--name", required=True, help="image name to give it (name:tag)")
+    load.add_argument("--dest", help="directory for runtimes that keep images as files "
+                      "(SIF, Charliecloud); default: venvoy's cache")
+    add_runtime_option(load)
+    return parser
+
+
+def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """Split ``run ... -- CMD`` at the first ``--`` so CMD is never parsed."""
+    if argv[:1] == ["run"] and "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, None
+
+
+def cmd_runtime_info(args: argparse.Namespace) -> int:
+    from .detect import runtime_info
+
+    info = runtime_info(args.runtime)
+    if args.json:
+        import json
+
+        print(json.dumps(info, indent=2))
+    else:
+        print(format_runtime_info(info))
+    return 0 if info["runtime"] else 1
+
+
+def format_runtime_info(info: dict[str, Any]) -> str:
+    lines = []
+    if info["runtime"]:
+        mode = "rootless" if info["rootless"] else "as root"
+        lines.append(f"runtime:  {info['runtime']} {info['version'] or '?'} ({info['path']}, {mode})")
+        lines.append(f"why:      {info['reason']}")
+    else:
+        lines.append(f"runtime:  none: {info['error']}")
+    hpc = f"yes: {info['hpc_signal']}" if info["is_hpc"] else "no (no scheduler job, host name not a node's)"
+    lines.append(f"hpc:      {hpc}")
+    rows = info["runtimes"]
+    lines.append("found:" if rows else "found:    nothing on PATH")
+    vw = max([len(r["version"] or "?") for r in rows] + [7]) + 2
+    for r in rows:
+        state = "usable" if r["usable"] else f"unusable: {r['problem']}"
+        tag = "" if r["tested"] else " [untested adapter]"
+        mode = "rootless" if r["rootless"] else "root"
+        lines.append(f"  {r['name']:<13}{r['version'] or '?':<{vw}}{mode:<10}{r['path']}  {state}{tag}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace | RunArgs, command: list[str]) -> NoReturn:
+    from .detect import choose_runtime
+    from .request import make_request
+    from .runner import exec_run
+
+    if not command:
+        raise VenvoyError("no command given", "put it after --, e.g. venvoy run --image IMG -- python3 x.py")
+    req = make_request(args.image or "", command, mounts=args.mount, env=args.env,
+                       env_pass=args.env_pass, workdir=args.workdir, gpu=args.gpu, tty=args.tty)
+    runtime = choose_runtime(args.runtime).runtime
+    if args.dry_run:
+        import shlex
+
+        inv = runtime.invocation(req)
+        extra = [f"{k}={v}" for k, v in inv.env.items() if os.environ.get(k) != v]
+        print(shlex.join((["env", *extra] if extra else []) + inv.argv))
+        sys.exit(0)
+    exec_run(runtime, req)
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .detect import choose_runtime
+    from .paths import cache_dir
+
+    archive = Path(args.archive)
+    if not archive.is_file():
+        raise VenvoyError(f"archive {archive} does not exist", "give the path of a `docker save` tar")
+    runtime = choose_runtime(args.runtime).runtime
+    dest = Path(args.dest) if args.dest else Path(cache_dir()) / "images" / runtime.name
+    print(runtime.load_archive(archive.resolve(), args.name, dest))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    raw = list(sys.argv[1:] if argv is None else argv)
+    try:
+        fast = fast_run_args(raw[1:]) if raw[:1] == ["run"] else None
+        if fast is not None:
+            cmd_run(*fast)
+        head, command = _split_command(raw)
+        parser = build_parser()
+        args = parser.parse_args(head)
+        if args.command == "run":
+            cmd_run(args, command if command is not None else list(args.cmd))
+        if args.command == "runtime-info":
+            return cmd_runtime_info(args)
+        if args.command == "load":
+            return cmd_load(args)
+        parser.print_help()
+        return 2
+    except VenvoyError as exc:
+        print(f"venvoy: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def entry() -> None:  # pragma: no cover - console script wrapper
+    sys.exit(main())
