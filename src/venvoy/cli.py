@@ -67,7 +67,7 @@ def fast_run_args(argv: list[str]) -> tuple[RunArgs, list[str]] | None:
             return None
         attr, kind = spec
         if kind in ("true", "false"):
-            if eq and name.startswith("--"):
+            if (eq and name.startswith("--")) or (getattr(args, attr) is not None and attr == "tty"):
                 return None
             setattr(args, attr, kind == "true")
             i += 1
@@ -78,6 +78,8 @@ def fast_run_args(argv: list[str]) -> tuple[RunArgs, list[str]] | None:
             value, i = argv[i + 1], i + 2
         else:
             return None
+        if value.startswith("-"):
+            return None  # argparse decides what a dash-led value means
         if kind == "list":
             getattr(args, attr).append(value)
         else:

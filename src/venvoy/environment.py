@@ -11,10 +11,12 @@ from collections.abc import Sequence
 
 from .errors import VenvoyError
 
-_NOT_YET = VenvoyError(
-    "named environments are not implemented in this venvoy yet",
-    "run an existing image with `venvoy run --image IMAGE -- CMD` meanwhile",
-)
+
+def _not_yet() -> VenvoyError:
+    return VenvoyError(
+        "named environments are not implemented in this venvoy yet",
+        "run an existing image with `venvoy run --image IMAGE -- CMD` meanwhile",
+    )
 
 
 class VenvoyEnvironment:
@@ -26,13 +28,13 @@ class VenvoyEnvironment:
         self.runtime = runtime
 
     def initialize(self) -> None:
-        raise _NOT_YET
+        raise _not_yet()
 
     def run(self, command: str | Sequence[str], additional_mounts: Sequence[str] = ()) -> int:
-        raise _NOT_YET
+        raise _not_yet()
 
     def export_archive(self, path: str) -> str:
-        raise _NOT_YET
+        raise _not_yet()
 
     def import_archive(self, path: str) -> str:
-        raise _NOT_YET
+        raise _not_yet()

@@ -105,7 +105,9 @@ def _apply_whiteouts(layer: tarfile.TarFile, root: Path) -> list[tarfile.TarInfo
     """Delete what this layer whites out from lower layers; return its other members."""
     keep = []
     for member in layer.getmembers():
-        name = member.name.lstrip("./") if member.name.startswith("./") else member.name
+        name = member.name
+        while name.startswith("./"):
+            name = name[2:]
         base = os.path.basename(name)
         if base == OPAQUE:
             target = _inside(root, os.path.dirname(name) or ".")

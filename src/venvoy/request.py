@@ -71,7 +71,7 @@ class Mount:
         src, dst = parts
         src = os.path.abspath(os.path.join(cwd or os.getcwd(), os.path.expanduser(src)))
         if not os.path.exists(src):
-            raise BadRequest(f"mount source {src} does not exist", "create it or fix the path")
+            raise BadRequest(f"mount source {src!r} does not exist", "create it or fix the path")
         if not dst.startswith("/"):
             raise BadRequest(f"mount target {dst!r} is not absolute", "use a path starting with /")
         for path in (src, dst):
@@ -169,7 +169,13 @@ def make_request(
             raise BadRequest(f"bad --env-pass {name!r}", "give a variable name such as OMP_NUM_THREADS")
         if name in host_env:
             pairs.append((name, host_env[name]))
-    pairs += list(env.items()) if hasattr(env, "items") else parse_env(env)
+    if hasattr(env, "items"):
+        for name in env:
+            if not valid_env_name(name):
+                raise BadRequest(f"bad variable name {name!r}", "use letters, digits and _")
+        pairs += list(env.items())
+    else:
+        pairs += parse_env(env)
     merged = dict(pairs)  # later wins: --env overrides --env-pass overrides defaults
     if workdir is not None and not workdir.startswith("/"):
         raise BadRequest(f"working directory {workdir!r} is not absolute", "use a path starting with /")

@@ -133,7 +133,9 @@ class Runtime:
 
 def which(name: str, path: str | None = None) -> str | None:
     """shutil.which without importing shutil (a measurable part of `venvoy run`)."""
-    for directory in (os.defpath if path is None else path).split(os.pathsep):
+    if path is None:
+        path = os.environ.get("PATH", os.defpath)
+    for directory in path.split(os.pathsep):
         candidate = os.path.join(directory or ".", name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate

@@ -28,7 +28,9 @@ class Enroot(Runtime):
     def run_argv(self, req: RunRequest) -> list[str]:
         argv = [self.path, "start"]
         for m in req.mounts:
-            argv += ["--mount", f"{m.source}:{m.target}" + (":ro" if m.read_only else "")]
+            # Enroot reads fstab fields: SRC:DST[:TYPE:OPTIONS]
+            argv += ["--mount", f"{m.source}:{m.target}"
+                     + (":none:x-create=auto,rbind,ro" if m.read_only else "")]
         for key, value in req.env:
             argv += ["--env", f"{key}={value}"]
         if req.gpu == Gpu.NVIDIA:

@@ -22,7 +22,8 @@ class Shifter(Runtime):
     tested: ClassVar[bool] = False
 
     def run_argv(self, req: RunRequest) -> list[str]:
-        image = req.image if ":" in req.image.split("/")[0] else f"docker:{req.image}"
+        kind = req.image.split(":", 1)[0]
+        image = req.image if kind in ("docker", "id", "custom") else f"docker:{req.image}"
         argv = [self.path, f"--image={image}", "--clearenv"]
         for m in req.mounts:
             # Shifter's volume flags: "ro" is spelled as a flag after the target.

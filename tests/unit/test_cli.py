@@ -1,0 +1,366 @@
+"""The command line: exit codes, one-line errors, JSON output, argv passed byte-exact."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from venvoy import __version__
+from venvoy.cli import _split_command, format_runtime_info, main
+
+from ._archives import docker_archive, layer_tar
+
+
+@pytest.fixture
+def cli_env(fakebin, monkeypatch: pytest.MonkeyPatch):
+    """os.environ pointing at the fake runtimes; exec'ing anything is forbidden here."""
+    for key, value in fakebin.env().items():
+        monkeypatch.setenv(key, value)
+
+    def no_exec(*args, **kwargs):
+        raise AssertionError(f"the test tried to exec {args[:2]}")
+
+    monkeypatch.setattr(os, "execve", no_exec)
+    return fakebin
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("venvoy: error: ")
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"venvoy {__version__}"
+
+
+def test_no_command_prints_help_and_returns_2(capsys) -> None:
+    assert main([]) == 2
+    assert "runtime-info" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--bogus"], ["run", "--image", "x", "--bogus", "--", "true"],
+                                  ["frobnicate"], ["run", "--gpu", "intel", "--image", "x"],
+                                  ["run", "--", "true"]])
+def test_parser_errors_are_one_line_and_exit_2(capsys, argv) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    line = one_error_line(capsys)
+    assert "--help" in line
+
+
+def test_unknown_runtime(cli_env, capsys) -> None:
+    code = main(["run", "--runtime", "rocket", "--image", "img", "--no-tty", "--", "true"])
+    assert code == 125
+    line = one_error_line(capsys)
+    assert "unknown runtime 'rocket'" in line
+
+
+def test_unknown_runtime_from_environment(cli_env, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("VENVOY_RUNTIME", "rocket")
+    assert main(["run", "--image", "img", "--", "true"]) == 125
+    assert "unknown runtime" in one_error_line(capsys)
+
+
+def test_runtime_not_installed(cli_env, capsys) -> None:
+    assert main(["run", "--runtime", "podman", "--image", "img", "--", "true"]) == 125
+    assert "podman is not installed here" in one_error_line(capsys)
+
+
+def test_missing_image_file_for_apptainer(cli_env, capsys, tmp_path: Path) -> None:
+    cli_env.add("apptainer")
+    missing = tmp_path / "missing.sif"
+    assert main(["run", "--runtime", "apptainer", "--image", str(missing), "--", "true"]) == 125
+    line = one_error_line(capsys)
+    assert f"image file {missing} does not exist" in line
+    assert cli_env.calls("apptainer") == 0  # refused before starting anything
+
+
+def test_run_without_command(cli_env, capsys) -> None:
+    assert main(["run", "--image", "img"]) == 125
+    assert "no command given" in one_error_line(capsys)
+
+
+def test_run_with_empty_command_after_dashes(cli_env, capsys) -> None:
+    assert main(["run", "--image", "img", "--"]) == 125
+    assert "no command given" in one_error_line(capsys)
+
+
+def test_bad_mount(cli_env, capsys, tmp_path: Path) -> None:
+    code = main(["run", "--image", "img", "-v", f"{tmp_path}/nope:/data", "--", "true"])
+    assert code == 125
+    assert "does not exist" in one_error_line(capsys)
+
+
+def test_bad_mount_syntax(cli_env, capsys, tmp_path: Path) -> None:
+    assert main(["run", "--image", "img", "-v", f"{tmp_path}:/a:b:c", "--", "true"]) == 125
+    assert "bad mount" in one_error_line(capsys)
+
+
+def test_bad_env(cli_env, capsys) -> None:
+    assert main(["run", "--image", "img", "-e", "1BAD=x", "--", "true"]) == 125
+    assert "bad --env" in one_error_line(capsys)
+
+
+def test_bad_mount_with_newline_is_still_one_line(cli_env, capsys, tmp_path: Path) -> None:
+    assert main(["run", "--image", "img", "-v", f"{tmp_path}/a\nb:/data", "--", "true"]) == 125
+    one_error_line(capsys)
+
+
+def test_gpu_without_devices(cli_env, capsys, tmp_path: Path, monkeypatch) -> None:
+    cli_env.add("apptainer")
+    sif = tmp_path / "x.sif"
+    sif.touch()
+    real = os.path.exists
+    monkeypatch.setattr(os.path, "exists",
+                        lambda p: False if str(p).startswith("/dev/") else real(p))
+    code = main(["run", "--runtime", "apptainer", "--gpu", "nvidia", "--image", str(sif),
+                 "--", "nvidia-smi"])
+    assert code == 125
+    line = one_error_line(capsys)
+    assert "--gpu nvidia" in line and "drop --gpu" in line
+
+
+# -- runtime-info ----------------------------------------------------------------------------
+
+def test_runtime_info_json(cli_env, capsys) -> None:
+    cli_env.add("docker", version="24.0.7")
+    cli_env.add("apptainer", version="1.3.4")
+    assert main(["runtime-info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["runtime"] == "docker"
+    assert info["version"] == "24.0.7"
+    assert info["is_hpc"] is False
+    assert {r["name"] for r in info["runtimes"]} == {"docker", "apptainer"}
+
+
+def test_runtime_info_json_with_runtime_option(cli_env, capsys) -> None:
+    cli_env.add("docker")
+    cli_env.add("apptainer", version="1.3.4")
+    assert main(["runtime-info", "--runtime", "apptainer", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["runtime"] == "apptainer"
+    assert info["reason"] == "requested by --runtime"
+
+
+def test_runtime_info_text(cli_env, capsys, monkeypatch) -> None:
+    cli_env.add("apptainer", version="1.3.4")
+    cli_env.add("docker")
+    cli_env.add("enroot", version="3.4.1")
+    monkeypatch.setenv("SLURM_JOB_ID", "99")
+    assert main(["runtime-info"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].startswith("runtime:  apptainer 1.3.4 (")
+    assert "SLURM_JOB_ID" in out
+    assert "[untested adapter]" in out  # enroot
+    assert "why:" in out
+
+
+def test_runtime_info_without_runtime_exits_1(cli_env, capsys) -> None:
+    assert main(["runtime-info"]) == 1
+    out = capsys.readouterr().out
+    assert "runtime:  none: no usable container runtime" in out
+    assert "found:    nothing on PATH" in out
+
+
+def test_runtime_info_unknown_runtime_exits_1(cli_env, capsys) -> None:
+    assert main(["runtime-info", "--runtime", "rocket", "--json"]) == 1
+    assert "unknown runtime" in json.loads(capsys.readouterr().out)["error"]
+
+
+def test_format_runtime_info_unusable_row() -> None:
+    text = format_runtime_info({
+        "runtime": None, "error": "nothing", "is_hpc": False, "hpc_signal": None,
+        "runtimes": [{"name": "docker", "path": "/usr/bin/docker", "version": None,
+                      "rootless": False, "usable": False, "problem": "no socket", "tested": True}],
+    })
+    assert "unusable: no socket" in text
+    assert "docker" in text and "?" in text
+
+
+# -- run: argv reaches the runtime byte-exact -------------------------------------------------
+
+def test_split_command_only_splits_run() -> None:
+    assert _split_command(["run", "--image", "i", "--", "ls", "--", "-l"]) == (
+        ["run", "--image", "i"], ["ls", "--", "-l"])
+    assert _split_command(["runtime-info", "--"]) == (["runtime-info", "--"], None)
+
+
+@pytest.fixture
+def recording_docker(cli_env, tmp_path: Path):
+    """A fake docker that records its argv (NUL-separated) and exits with $FAKE_RC."""
+    out = tmp_path / "docker-argv"
+    cli_env.add("docker", body=(
+        'case "$1" in\n'
+        f"  run) printf '%s\\0' \"$@\" > '{out}'; exit \"${{FAKE_RC:-0}}\" ;;\n"
+        '  image) exit "${FAKE_INSPECT_RC:-0}" ;;\n'
+        "esac\n"))
+    return out
+
+
+def test_run_passes_argv_byte_exact_and_exit_code(recording_docker, capsys, monkeypatch,
+                                                  tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FAKE_RC", "7")
+    monkeypatch.setenv("KEEP_ME", "passed")
+    command = ["python3", "-c", "print(1)", "--runtime", "x", "--", "$HOME", "a b", "", "ü\n"]
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--runtime", "docker", "--image", "py:3", "--no-tty", "-e", "A=1 2",
+              "--env-pass", "KEEP_ME", "--", *command])
+    assert info.value.code == 7
+    argv = recording_docker.read_bytes().decode().split("\0")[:-1]
+    assert argv[0] == "run"
+    i = argv.index("py:3")
+    assert argv[i + 1:] == command
+    cwd = os.getcwd()
+    assert ["-v", f"{cwd}:{cwd}"] == argv[argv.index("-v"):argv.index("-v") + 2]
+    assert ["-w", cwd] == argv[argv.index("-w"):argv.index("-w") + 2]
+    env = [argv[k + 1] for k, a in enumerate(argv[:i]) if a == "-e"]
+    assert env == ["PYTHONNOUSERSITE=1", "KEEP_ME=passed", "A=1 2"]
+    assert "-t" not in argv[:i]
+
+
+def test_run_exit_125_with_missing_image_is_explained(recording_docker, capsys, monkeypatch,
+                                                      tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FAKE_RC", "125")
+    monkeypatch.setenv("FAKE_INSPECT_RC", "1")
+    assert main(["run", "--runtime", "docker", "--image", "nosuch:1", "--", "true"]) == 125
+    line = one_error_line(capsys)
+    assert "image 'nosuch:1' not found by docker" in line
+    assert "docker load" in line
+
+
+def test_run_exit_125_with_present_image_is_passed_on(recording_docker, monkeypatch,
+                                                      tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FAKE_RC", "125")
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--runtime", "docker", "--image", "img", "--", "true"])
+    assert info.value.code == 125
+
+
+def test_load_missing_archive(cli_env, capsys, tmp_path: Path) -> None:
+    assert main(["load", str(tmp_path / "nope.tar"), "--name", "x:1"]) == 125
+    assert "does not exist" in one_error_line(capsys)
+
+
+def test_load_for_charliecloud(cli_env, capsys, tmp_path: Path) -> None:
+    cli_env.add("ch-run")
+    archive = docker_archive(tmp_path / "img.tar", [layer_tar([("file", "hello", "hi")])])
+    code = main(["load", str(archive), "--name", "demo:1", "--runtime", "charliecloud",
+                 "--dest", str(tmp_path / "images")])
+    assert code == 0
+    out = capsys.readouterr().out.strip()
+    assert out == str(tmp_path / "images" / "demo_1")
+    assert (Path(out) / "hello").read_text() == "hi"
+
+
+def test_load_defaults_to_the_cache(cli_env, capsys, tmp_path: Path) -> None:
+    cli_env.add("ch-run")
+    archive = docker_archive(tmp_path / "img.tar", [layer_tar([("file", "hello", "hi")])])
+    assert main(["load", str(archive), "--name", "demo:1", "--runtime", "charliecloud"]) == 0
+    out = Path(capsys.readouterr().out.strip())
+    assert out == Path(os.environ["VENVOY_HOME"]) / "cache" / "images" / "charliecloud" / "demo_1"
+    assert (out / "hello").read_text() == "hi"
+
+
+# -- the fast `run` parser must agree with argparse -----------------------------------------------
+
+FIELDS = ("image", "runtime", "workdir", "gpu", "mount", "env", "env_pass", "tty", "dry_run")
+
+
+def parse_both(words: list[str]):
+    from venvoy.cli import build_parser, fast_run_args
+
+    fast = fast_run_args(words)
+    head, command = _split_command(["run", *words])
+    try:
+        ns = build_parser().parse_args(head)
+    except SystemExit:
+        ns = None
+    return fast, ns, command
+
+
+@pytest.mark.parametrize("words", [
+    ["--image", "img", "--", "python3", "-c", "1"],
+    ["--image=img", "--runtime=apptainer", "--", "x"],
+    ["-v", "/a:/b", "--mount", "/c:/d:ro", "--mount=/e:/f", "-e", "A=1", "--env", "B=x=y",
+     "--env=C=", "--env-pass", "HOME", "--env-pass=USER", "--image", "i", "--", "x", "--", "y"],
+    ["-w", "/opt", "--gpu", "amd", "-t", "--image", "i", "--", "x"],
+    ["--workdir=/opt", "--gpu=nvidia", "--no-tty", "--dry-run", "--image", "i", "--", "x"],
+    ["--image", "first", "--image", "second", "--", "x"],
+    ["--image", "", "--", "x"],
+    ["--image", "i", "-e", "A=--not-an-option", "--"],
+])
+def test_fast_parser_agrees_with_argparse(capsys, words: list[str]) -> None:
+    fast, ns, command = parse_both(words)
+    assert fast is not None, "expected the fast path to handle this"
+    assert ns is not None, capsys.readouterr().err
+    args, fast_command = fast
+    assert fast_command == command
+    for field in FIELDS:
+        assert getattr(args, field) == getattr(ns, field), field
+
+
+@pytest.mark.parametrize("words", [
+    ["--image", "i"],  # no `--`
+    ["--help", "--", "x"],
+    ["--", "x"],  # no --image
+    ["--image", "i", "--gpu", "intel", "--", "x"],
+    ["--image", "i", "--bogus", "--", "x"],
+    ["--im", "i", "--", "x"],  # an abbreviation: argparse's business
+    ["-vA:/b", "--image", "i", "--", "x"],
+    ["-v=/a:/b", "--image", "i", "--", "x"],
+    ["--tty=yes", "--image", "i", "--", "x"],
+    ["--image", "i", "-e", "--", "x"],  # option without its value
+    ["stray", "--image", "i", "--", "x"],
+])
+def test_fast_parser_leaves_unusual_lines_to_argparse(words: list[str]) -> None:
+    from venvoy.cli import fast_run_args
+
+    assert fast_run_args(words) is None
+
+
+@pytest.mark.parametrize("words", [
+    ["--tty", "--no-tty", "--image", "i", "--", "x"],
+    ["--image", "i", "-e", "-A=1", "--", "x"],
+    ["--image", "-t", "--", "x"],
+])
+def test_fast_parser_rejects_what_argparse_rejects(capsys, words: list[str]) -> None:
+    fast, ns, _ = parse_both(words)
+    assert ns is None  # argparse refuses these
+    assert fast is None  # so the fast path must hand them over
+
+
+def test_dry_run_prints_the_runtime_command(cli_env, capsys, tmp_path: Path, monkeypatch) -> None:
+    import shlex
+
+    cli_env.add("apptainer")
+    sif = tmp_path / "x.sif"
+    sif.touch()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--dry-run", "--runtime", "apptainer", "--image", str(sif), "-e", "A=a b",
+              "--", "python3", "-c", "print('hi there')"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1
+    words = shlex.split(out[0])
+    assert words[0] == "env"
+    assert "APPTAINERENV_A=a b" in words
+    assert "APPTAINERENV_PYTHONNOUSERSITE=1" in words
+    i = words.index(str(cli_env.dir / "apptainer"))
+    assert words[i + 1:i + 3] == ["exec", "--cleanenv"]
+    assert words[-4:] == [str(sif), "python3", "-c", "print('hi there')"]
+    assert cli_env.calls("apptainer") == 0  # nothing was run

@@ -1,0 +1,308 @@
+"""Unpacking Docker-archive and OCI-layout tars without any runtime, safely."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from venvoy.errors import VenvoyError
+from venvoy.oci import unpack_image
+
+from ._archives import _add, docker_archive, layer_tar, oci_archive
+
+LOWER = [
+    ("dir", "etc"),
+    ("file", "etc/a.txt", "one"),
+    ("file", "etc/gone.txt", "bye"),
+    ("dir", "opq"),
+    ("file", "opq/x", "x"),
+    ("dir", "opq/sub"),
+    ("file", "opq/sub/y", "y"),
+    ("file", ".hidden", "h"),
+    ("sym", "abs-link", "/etc/a.txt"),
+    ("sym", "rel-link", "etc/a.txt"),
+    ("hard", "etc/a-hard.txt", "etc/a.txt"),
+    ("dir", "dev"),
+    ("chr", "dev/null"),
+    ("fifo", "pipe"),
+    ("dir", "bin"),
+    ("file", "bin/target", "T"),
+    ("sym", "bin/link", "target"),
+]
+UPPER = [
+    ("file", "etc/a.txt", "two"),
+    ("file", "etc/.wh.gone.txt", ""),
+    ("file", "opq/.wh..wh..opq", ""),
+    ("file", "opq/z", "z"),
+    ("file", ".wh..hidden", ""),
+    ("file", "bin/link", "NEW"),  # a file replaces a lower layer's symlink
+]
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_docker_archive_layers_whiteouts_links_env(tmp_path: Path) -> None:
+    archive = docker_archive(tmp_path / "img.tar", [layer_tar(LOWER), layer_tar(UPPER)],
+                             env=("PATH=/opt/bin:/usr/bin", "GREETING=a b=c"))
+    dest = tmp_path / "out" / "img"
+    image = unpack_image(archive, dest)
+
+    assert image.repo_tags == ["demo:1"]
+    assert image.layers == ["00abc/layer.tar", "01abc/layer.tar"]
+    # layers applied in order
+    assert (dest / "etc" / "a.txt").read_text() == "two"
+    # whiteouts: a file, a dot-file, and an opaque directory
+    assert not (dest / "etc" / "gone.txt").exists()
+    assert not (dest / ".hidden").exists()
+    assert sorted(os.listdir(dest / "opq")) == ["z"]
+    assert not any(".wh." in name for name in tree(dest))
+    # absolute symlinks stay symlinks, pointing into the image's own root
+    assert (dest / "abs-link").is_symlink()
+    assert os.readlink(dest / "abs-link") == "/etc/a.txt"
+    assert os.readlink(dest / "rel-link") == "etc/a.txt"
+    # a hard link inside the image is kept
+    assert (dest / "etc" / "a-hard.txt").read_text() == "one"
+    # device nodes and fifos are skipped
+    assert not (dest / "dev" / "null").exists()
+    assert not (dest / "pipe").exists()
+    # the upper layer's file replaced the symlink, not the file it pointed to
+    assert not (dest / "bin" / "link").is_symlink()
+    assert (dest / "bin" / "link").read_text() == "NEW"
+    assert (dest / "bin" / "target").read_text() == "T"
+    # the image environment is where ch-run --set-env looks for it
+    assert (dest / "ch" / "environment").read_text() == "PATH=/opt/bin:/usr/bin\nGREETING=a b=c\n"
+    assert json.loads((dest / "ch" / "config.json").read_text())["config"]["Cmd"] == ["sh"]
+    # no temporary directory left beside it
+    assert os.listdir(dest.parent) == ["img"]
+
+
+def test_directories_stay_writable_for_later_layers(tmp_path: Path) -> None:
+    lower = layer_tar([("dir", "ro"), ("file", "ro/a", "a")])
+    # make the directory read-only in the archive
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(lower)) as src, tarfile.open(fileobj=buf, mode="w") as out:
+        for m in src.getmembers():
+            if m.isdir():
+                m.mode = 0o555
+            out.addfile(m, src.extractfile(m) if m.isfile() else None)
+    upper = layer_tar([("file", "ro/b", "b"), ("file", "ro/.wh.a", "")])
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [buf.getvalue(), upper]), dest)
+    assert sorted(os.listdir(dest / "ro")) == ["b"]
+    assert os.stat(dest / "ro").st_mode & 0o700 == 0o700
+
+
+def test_empty_env_gives_empty_environment_file(tmp_path: Path) -> None:
+    dest = tmp_path / "img"
+    archive = docker_archive(tmp_path / "i.tar", [layer_tar([("file", "f", "1")])], env=())
+    unpack_image(archive, dest)
+    assert (dest / "ch" / "environment").read_text() == ""
+
+
+def test_existing_destination_is_replaced(tmp_path: Path) -> None:
+    dest = tmp_path / "img"
+    dest.mkdir()
+    (dest / "stale").write_text("old")
+    unpack_image(docker_archive(tmp_path / "i.tar", [layer_tar([("file", "new", "1")])]), dest)
+    assert (dest / "new").exists()
+    assert not (dest / "stale").exists()
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_oci_layout_archive(tmp_path: Path, nested: bool) -> None:
+    layers = [layer_tar([("dir", "app"), ("file", "app/main.py", "v1"), ("file", "app/old", "o")],
+                        compress=True),
+              layer_tar([("file", "app/main.py", "v2"), ("file", "app/.wh.old", "")])]
+    dest = tmp_path / "oci"
+    image = unpack_image(oci_archive(tmp_path / "oci.tar", layers, nested=nested), dest)
+    assert image.repo_tags == ["demo:oci"]
+    assert all(name.startswith("blobs/sha256/") for name in image.layers)
+    assert (dest / "app" / "main.py").read_text() == "v2"
+    assert not (dest / "app" / "old").exists()
+    assert (dest / "ch" / "environment").read_text() == "LANG=C.UTF-8\n"
+
+
+def test_whiteout_in_dot_slash_prefixed_layer(tmp_path: Path) -> None:
+    lower = layer_tar([("dir", "./"), ("file", "./keep", "k"), ("file", "./gone", "g")])
+    upper = layer_tar([("dir", "./"), ("file", "./.wh.gone", "")])
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [lower, upper]), dest)
+    assert not (dest / ".wh.gone").exists()
+    assert not (dest / "gone").exists()
+
+
+def test_nested_whiteout_in_dot_slash_prefixed_layer(tmp_path: Path) -> None:
+    lower = layer_tar([("dir", "./etc"), ("file", "./etc/gone", "g"), ("file", "./etc/keep", "k")])
+    upper = layer_tar([("file", "./etc/.wh.gone", "")])
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [lower, upper]), dest)
+    assert sorted(os.listdir(dest / "etc")) == ["keep"]
+
+
+# -- refusals: nothing written outside, no destination left behind ------------------------------
+
+def assert_refused(tmp_path: Path, layers: list[bytes]) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    archive = docker_archive(tmp_path / "evil.tar", layers)
+    before = tree(tmp_path)
+    dest = work / "img"
+    with pytest.raises(VenvoyError) as info:
+        unpack_image(archive, dest)
+    assert "\n" not in str(info.value)
+    assert not dest.exists()
+    assert tree(tmp_path) == before  # nothing new anywhere, temp dir removed
+
+
+def test_path_traversal_refused(tmp_path: Path) -> None:
+    assert_refused(tmp_path, [layer_tar([("file", "ok", "1"), ("file", "../escaped", "x")])])
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_deep_path_traversal_refused(tmp_path: Path) -> None:
+    assert_refused(tmp_path, [layer_tar([("file", "a/../../../escaped", "x")])])
+
+
+def test_hard_link_outside_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("secret")
+    assert_refused(tmp_path, [layer_tar([("hard", "stolen", str(secret))])])
+    assert os.stat(secret).st_nlink == 1
+
+
+def test_relative_hard_link_outside_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("secret")
+    assert_refused(tmp_path, [layer_tar([("hard", "stolen", "../../secret.txt")])])
+    assert os.stat(tmp_path / "secret.txt").st_nlink == 1
+
+
+def test_write_through_absolute_symlink_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    layers = [layer_tar([("sym", "escape", str(outside))]),
+              layer_tar([("file", "escape/pwned", "x")])]
+    assert_refused(tmp_path, layers)
+    assert list(outside.iterdir()) == []
+
+
+def test_write_through_relative_symlink_refused(tmp_path: Path) -> None:
+    layers = [layer_tar([("dir", "a"), ("sym", "a/up", "../../.."), ("file", "a/up/escaped", "x")])]
+    assert_refused(tmp_path, layers)
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_hard_link_through_symlinked_directory_refused(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("secret")
+    layers = [layer_tar([("sym", "esc", str(tmp_path)), ("hard", "stolen", "esc/secret.txt")])]
+    assert_refused(tmp_path, layers)
+    assert os.stat(tmp_path / "secret.txt").st_nlink == 1
+
+
+def test_set_id_bits_and_foreign_write_bits_dropped(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, mode in (("suid", 0o4755), ("sgid", 0o2755), ("world", 0o666)):
+            info = tarfile.TarInfo(name)
+            info.mode = mode
+            tar.addfile(info, io.BytesIO(b""))
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [buf.getvalue()]), dest)
+    assert os.stat(dest / "suid").st_mode & 0o7777 == 0o755
+    assert os.stat(dest / "sgid").st_mode & 0o7777 == 0o755
+    assert os.stat(dest / "world").st_mode & 0o022 == 0
+
+
+def test_whiteout_cannot_delete_outside(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    dest = tmp_path / "work" / "img"
+    dest.parent.mkdir()
+    layers = [layer_tar([("file", "a", "1")]),
+              layer_tar([("file", "../../.wh.victim", ""), ("file", "../.wh..wh..opq", "")])]
+    # Refusing the archive and skipping the bad whiteouts are both fine; deleting is not.
+    with contextlib.suppress(VenvoyError):
+        unpack_image(docker_archive(tmp_path / "i.tar", layers), dest)
+    assert victim.read_text() == "keep me"
+    assert (tmp_path / "i.tar").exists()
+
+
+def test_absolute_member_name_never_lands_outside(tmp_path: Path) -> None:
+    # Python's "tar" filter, like GNU tar, strips the leading "/": the member
+    # lands inside the destination (or the archive is refused), never at the path.
+    target = tmp_path / "abs" / "file"
+    dest = tmp_path / "work" / "img"
+    dest.parent.mkdir()
+    try:
+        unpack_image(docker_archive(tmp_path / "i.tar", [layer_tar([("file", str(target), "x")])]),
+                     dest)
+    except VenvoyError:
+        assert not dest.exists()
+    else:
+        assert (dest / str(target).lstrip("/")).read_text() == "x"
+    assert not target.exists()
+    assert not (tmp_path / "abs").exists()
+
+
+# -- malformed archives -------------------------------------------------------------------------
+
+def test_not_an_image_archive(tmp_path: Path) -> None:
+    path = tmp_path / "x.tar"
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "hello.txt", b"hi")
+    with pytest.raises(VenvoyError, match="not a Docker or OCI image archive"):
+        unpack_image(path, tmp_path / "img")
+    assert not (tmp_path / "img").exists()
+
+
+def test_not_a_tar_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "x.tar"
+    path.write_bytes(b"definitely not a tar file" * 40)
+    with pytest.raises(VenvoyError, match="cannot unpack"):
+        unpack_image(path, tmp_path / "img")
+    assert not (tmp_path / "img").exists()
+
+
+def test_missing_layer(tmp_path: Path) -> None:
+    path = tmp_path / "x.tar"
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "cfg.json", b"{}")
+        _add(tar, "manifest.json",
+             json.dumps([{"Config": "cfg.json", "Layers": ["nope/layer.tar"]}]).encode())
+    with pytest.raises(VenvoyError):
+        unpack_image(path, tmp_path / "img")
+    assert not (tmp_path / "img").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["x.tar"]
+
+
+def test_empty_manifest(tmp_path: Path) -> None:
+    path = tmp_path / "x.tar"
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "manifest.json", b"[]")
+    with pytest.raises(VenvoyError, match="lists no image"):
+        unpack_image(path, tmp_path / "img")
+
+
+def test_bad_digest_in_oci_index(tmp_path: Path) -> None:
+    path = tmp_path / "x.tar"
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "index.json", json.dumps({"manifests": [{"digest": "sha256:../../x"}]}).encode())
+    with pytest.raises(VenvoyError, match="bad digest"):
+        unpack_image(path, tmp_path / "img")
+
+
+def test_charliecloud_load_archive_unpacks_under_dest(tmp_path: Path) -> None:
+    from venvoy.runtimes.charliecloud import Charliecloud
+
+    archive = docker_archive(tmp_path / "i.tar", [layer_tar([("file", "hello", "hi")])])
+    ch = Charliecloud("/usr/bin/ch-run", {"USER": "u"})
+    result = ch.load_archive(archive, "demo/app:1.0", tmp_path / "images")
+    assert result == str(tmp_path / "images" / "demo_app_1.0")
+    assert (Path(result) / "hello").read_text() == "hi"
