@@ -73,7 +73,9 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="venvoy-bench-", dir="/tmp"))
     root.chmod(0o755)
     try:
-        venvoy = Venvoy(root)
+        # One interpreter for every target (Debian's python3, in the test venv),
+        # so differences between rows are the runtimes', not the Pythons'.
+        venvoy = Venvoy(root, root_python=USER_PYTHON)
         rows = []
         for t in TARGETS:
             if t.id not in (args.only or BENCHED):
@@ -98,9 +100,9 @@ def main() -> None:
         for _ in range(args.n):
             shutil.rmtree(root / "home", ignore_errors=True)
             e = dict(env, VENVOY_HOME=str(root / "home"))
-            info_cold.append(timed([sys.executable, "-m", "venvoy", "runtime-info"], e, root))
-            info_warm.append(timed([sys.executable, "-m", "venvoy", "runtime-info"], e, root))
-            host_py.append(timed([sys.executable, "-c", "pass"], env, root))
+            info_cold.append(timed([USER_PYTHON, "-m", "venvoy", "runtime-info"], e, root))
+            info_warm.append(timed([USER_PYTHON, "-m", "venvoy", "runtime-info"], e, root))
+            host_py.append(timed([USER_PYTHON, "-c", "pass"], env, root))
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"venvoy run overhead: `python3 -c pass` in the container, median of {args.n} "
@@ -113,7 +115,7 @@ def main() -> None:
     print()
     print(f"| other | median of {args.n} |")
     print("|---|---:|")
-    print(f"| `python3 -c pass` on the host | {statistics.median(host_py):.1f} ms |")
+    print(f"| `python3 -c pass` on the host (same interpreter) | {statistics.median(host_py):.1f} ms |")
     print(f"| `venvoy runtime-info` (version cache warm) | {statistics.median(info_warm):.1f} ms |")
     print(f"| `venvoy runtime-info` (cold: probes every runtime) | "
           f"{statistics.median(info_cold):.1f} ms |")

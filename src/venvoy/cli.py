@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from . import __version__
 from .errors import VenvoyError
@@ -35,6 +36,7 @@ class RunArgs:
     """Parsed `run` options (what argparse's Namespace would hold)."""
 
     def __init__(self) -> None:
+        self.name: str | None = None
         self.image: str | None = None
         self.runtime: str | None = None
         self.workdir: str | None = None
@@ -64,7 +66,11 @@ def fast_run_args(argv: list[str]) -> tuple[RunArgs, list[str]] | None:
         name, eq, inline = word.partition("=")
         spec = _RUN_OPTIONS.get(name if eq and name.startswith("--") else word)
         if spec is None:
-            return None
+            if word.startswith("-") or args.name is not None:
+                return None
+            args.name = word  # the environment to run in
+            i += 1
+            continue
         attr, kind = spec
         if kind in ("true", "false"):
             if (eq and name.startswith("--")) or (getattr(args, attr) is not None and attr == "tty"):
@@ -84,7 +90,7 @@ def fast_run_args(argv: list[str]) -> tuple[RunArgs, list[str]] | None:
             getattr(args, attr).append(value)
         else:
             setattr(args, attr, value)
-    if args.image is None or args.gpu not in (None, "nvidia", "amd"):
+    if (args.image is None) == (args.name is None) or args.gpu not in (None, "nvidia", "amd"):
         return None
     return args, argv[end + 1:]
 
@@ -122,10 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_option(info)
     info.add_argument("--json", action="store_true", help="print JSON")
 
-    run = sub.add_parser("run", help="run a command in a container image",
-                         usage="venvoy run --image IMAGE [options] -- CMD [ARG...]")
-    run.add_argument("--image", required=True,
-                     help="an image the runtime knows, a .sif file, or a Charliecloud image dir")
+    run = sub.add_parser("run", help="run a command in an environment or a container image",
+                         usage="venvoy run (NAME | --image IMAGE) [options] -- CMD [ARG...]")
+    run.add_argument("name", nargs="?", help="the environment (see `venvoy list`)")
+    run.add_argument("--image",
+                     help="instead of an environment: an image the runtime knows, a .sif file, "
+                          "or a Charliecloud image directory")
     add_runtime_option(run)
     run.add_argument("--mount", "-v", action="append", default=[], metavar="SRC:DST[:ro]",
                      help="bind-mount a host path (repeatable); the current directory always is")
@@ -143,6 +151,41 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the runtime command venvoy would run, and exit")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    init = sub.add_parser("init", help="create (or rebuild) an environment")
+    init.add_argument("name", help="1-63 of a-z 0-9 . _ -, starting with a letter or digit")
+    init.add_argument("--python", default="3.11", help="Python version X.Y (default 3.11)")
+    init.add_argument("--requirements", "-r", action="append", default=[], metavar="FILE",
+                      help="a requirements file (repeatable)")
+    init.add_argument("--pyproject", metavar="FILE", help="take [project] dependencies from it")
+    init.add_argument("--base", metavar="REF",
+                      help="base image: a registry reference, a local image, or a tar (root file "
+                           "system or Docker/OCI archive); default: python:X.Y-slim, or a Debian "
+                           "bootstrap offline")
+    add_runtime_option(init)
+    init.add_argument("--force", action="store_true", help="rebuild even if nothing changed")
+    init.add_argument("--offline", action="store_true",
+                      help="no registry: bootstrap the base from Debian's mirror (VENVOY_OFFLINE=1)")
+    init.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+    init.add_argument("--json", action="store_true", help="print the environment as JSON")
+
+    lst = sub.add_parser("list", help="list environments")
+    lst.add_argument("--json", action="store_true", help="print JSON")
+
+    rm = sub.add_parser("remove", help="delete an environment and what only it uses")
+    rm.add_argument("name")
+
+    lk = sub.add_parser("lock", help="re-lock an environment (keeping pins) and rebuild if changed")
+    lk.add_argument("name")
+    lk.add_argument("--upgrade", action="store_true", help="move every package to its newest version")
+    add_runtime_option(lk)
+    lk.add_argument("--offline", action="store_true", help="see init --offline")
+    lk.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+    vf = sub.add_parser("verify", help="check inside the container that the packages match the lock")
+    vf.add_argument("name")
+    add_runtime_option(vf)
+    vf.add_argument("--json", action="store_true", help="print the report as JSON")
 
     load = sub.add_parser("load", help="load a Docker/OCI archive tar into a runtime")
     load.add_argument("archive", help="the tar written by `docker save` or `podman save`")
@@ -201,10 +244,25 @@ def cmd_run(args: argparse.Namespace | RunArgs, command: list[str]) -> NoReturn:
     from .runner import exec_run
 
     if not command:
-        raise VenvoyError("no command given", "put it after --, e.g. venvoy run --image IMG -- python3 x.py")
-    req = make_request(args.image or "", command, mounts=args.mount, env=args.env,
+        raise VenvoyError("no command given", "put it after --, e.g. venvoy run NAME -- python3 x.py")
+    if (args.name is None) == (args.image is None):
+        raise VenvoyError("give an environment NAME or --image IMAGE (one of them)",
+                          "e.g. venvoy run my-env -- python3 x.py", exit_code=2)
+    # Everything the user typed is checked before any runtime is looked for.
+    req = make_request(args.image or "environment", command, mounts=args.mount, env=args.env,
                        env_pass=args.env_pass, workdir=args.workdir, gpu=args.gpu, tty=args.tty)
     runtime = choose_runtime(args.runtime).runtime
+    if args.name is not None:
+        from .fastpath import cached_image, env_image
+
+        found = env_image(args.name)
+        image = cached_image(found[0], runtime, found[1], found[2]) if found else None
+        if image is None:  # not built, or not in this runtime's form yet: the full path
+            from . import envs
+
+            image = envs.prepare_run(args.name, command, runtime=args.runtime,
+                                     progress=_reporter(False).step)[1].image
+        req.image = image
     if args.dry_run:
         import shlex
 
@@ -212,7 +270,118 @@ def cmd_run(args: argparse.Namespace | RunArgs, command: list[str]) -> NoReturn:
         extra = [f"{k}={v}" for k, v in inv.env.items() if os.environ.get(k) != v]
         print(shlex.join((["env", *extra] if extra else []) + inv.argv))
         sys.exit(0)
-    exec_run(runtime, req)
+    if args.name is None:
+        exec_run(runtime, req)
+    from .errors import ImageNotFound
+
+    try:
+        exec_run(runtime, req)
+    except ImageNotFound:  # removed from Docker/Podman behind our back: reload, once
+        from . import envs
+
+        envs.run(args.name, command, exec_=True, runtime=args.runtime, mounts=args.mount,
+                 env=args.env, env_pass=args.env_pass, workdir=args.workdir, gpu=args.gpu,
+                 tty=args.tty, progress=_reporter(False).step)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _reporter(quiet: bool) -> Any:
+    from .progress import Reporter
+
+    return Reporter(quiet=quiet)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from . import envs
+
+    rep = _reporter(args.quiet)
+    start = time.monotonic()
+    try:
+        env, built = envs.init(args.name, python=args.python, requirements=args.requirements,
+                               pyproject=args.pyproject, base=args.base, runtime=args.runtime,
+                               force=args.force, offline=args.offline or None,
+                               progress=rep.step, download_progress=rep.download)
+    finally:
+        rep.close()
+    if args.json:
+        import json
+
+        print(json.dumps(env.as_dict() | {"built": built}, indent=2))
+    elif not args.quiet:
+        what = "built" if built else "unchanged"
+        print(f"venvoy: {env.name} {what}: Python {env.python}, {env.data.get('packages', 0)} "
+              f"packages, identity {env.identity[:12]} ({time.monotonic() - start:.1f} s)",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    from . import envs
+
+    old = envs.get(args.name)
+    rep = _reporter(args.quiet)
+    try:
+        env, built = envs.init(args.name, python=old.python, requirements_text=old.data["requirements"],
+                               base=old.data.get("base"), runtime=args.runtime,
+                               offline=args.offline or None, upgrade=args.upgrade,
+                               progress=rep.step, download_progress=rep.download)
+    finally:
+        rep.close()
+    if not args.quiet:
+        state = "changed, rebuilt" if built else "unchanged"
+        print(f"venvoy: lock of {env.name} {state} (lock {env.lock_hash[:12]})", file=sys.stderr)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from . import envs
+
+    rows = envs.list_envs()
+    if args.json:
+        import json
+
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no environments; create one with `venvoy init NAME`", file=sys.stderr)
+        return 0
+    print(f"{'NAME':<24}{'PYTHON':<8}{'SIZE':>9}  {'LOCK':<13}{'CREATED':<22}FORMS")
+    for r in rows:
+        print(f"{r['name']:<24}{r['python']:<8}{r['size'] / 1e6:>7.0f}MB  {r['lock_hash'][:12]:<13}"
+              f"{r['created']:<22}{','.join(r['forms'])}")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace) -> int:
+    from . import envs
+
+    freed = envs.remove(args.name)
+    print(f"venvoy: removed {args.name}, freed {freed / 1e6:.1f} MB", file=sys.stderr)
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from . import envs
+
+    report = envs.verify(args.name, runtime=args.runtime)
+    if args.json:
+        import json
+
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.name}: {report['packages']} packages, {report['checked_files']} files checked "
+              f"with {report['runtime']}: " + ("OK, matches the lock" if report["ok"] else "DRIFT"))
+        for p in report["missing_packages"]:
+            print(f"  missing package: {p}")
+        for p in report["unexpected_packages"]:
+            print(f"  not in the lock: {p}")
+        for m in report["version_mismatches"]:
+            print(f"  {m['package']}: locked {m['locked']}, installed {m['installed']}")
+        for f in report["modified_files"]:
+            print(f"  modified: {f['path']} ({f['package']})")
+        for f in report["missing_files"]:
+            print(f"  missing file: {f['path']} ({f['package']})")
+    return 0 if report["ok"] else 1
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -240,11 +409,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(head)
         if args.command == "run":
-            cmd_run(args, command if command is not None else list(args.cmd))
+            cmd = command if command is not None else list(args.cmd)
+            if command is None and args.image and args.name:  # `run --image IMG cmd args`
+                cmd = [args.name, *cmd]
+                args.name = None
+            cmd_run(args, cmd)
         if args.command == "runtime-info":
             return cmd_runtime_info(args)
-        if args.command == "load":
-            return cmd_load(args)
+        handlers = {"load": cmd_load, "init": cmd_init, "list": cmd_list, "remove": cmd_remove,
+                    "lock": cmd_lock, "verify": cmd_verify}
+        if args.command in handlers:
+            return handlers[args.command](args)
         parser.print_help()
         return 2
     except VenvoyError as exc:
@@ -257,5 +432,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 141
 
 
-def entry() -> None:  # pragma: no cover - console script wrapper
-    sys.exit(main())
+def entry() -> NoReturn:
+    """The console script. After `run`, nothing is left to clean up, so the
+    interpreter's shutdown (several ms on every run) is skipped."""
+    try:
+        code = main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if sys.argv[1:2] == ["run"]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

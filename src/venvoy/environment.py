@@ -1,40 +1,78 @@
-"""Named environments (``VenvoyEnvironment``): declared, locked, built, run.
+"""The seed's Python API, on the same code path as the CLI (:mod:`venvoy.envs`)::
 
-Environments arrive with the environments issue; until then the class exists
-so that ``from venvoy import VenvoyEnvironment`` imports, and each method says
-clearly that it is not there yet instead of failing somewhere deep.
+    from venvoy import VenvoyEnvironment
+
+    env = VenvoyEnvironment("my-research-env", python_version="3.11",
+                            packages=["numpy==2.*"])        # or requirements_files=[...]
+    env.initialize()                                         # venvoy init
+    env.run("python my_analysis.py", additional_mounts=["/scratch/data:/workspace/data"])
+
+A string command is split with :func:`shlex.split` (shell quoting rules, no
+shell features: no pipes, globs or ``$VAR``); pass a list to give argv exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from .errors import VenvoyError
-
-
-def _not_yet() -> VenvoyError:
-    return VenvoyError(
-        "named environments are not implemented in this venvoy yet",
-        "run an existing image with `venvoy run --image IMAGE -- CMD` meanwhile",
-    )
 
 
 class VenvoyEnvironment:
     """A named, reproducible Python environment."""
 
-    def __init__(self, name: str, python_version: str = "3.11", runtime: str | None = None) -> None:
-        self.name = name
+    def __init__(self, name: str, python_version: str = "3.11", runtime: str | None = None, *,
+                 packages: Sequence[str] = (), requirements_files: Sequence[str] = (),
+                 base: str | None = None, offline: bool | None = None) -> None:
+        from .names import check_name
+
+        self.name = check_name(name)
         self.python_version = python_version
         self.runtime = runtime
+        self.packages = list(packages)
+        self.requirements_files = list(requirements_files)
+        self.base = base
+        self.offline = offline
 
-    def initialize(self) -> None:
-        raise _not_yet()
+    def initialize(self, force: bool = False, quiet: bool = True) -> dict[str, Any]:
+        """Build the environment (a no-op when nothing changed); returns its record."""
+        from . import envs
+        from .progress import Reporter
 
-    def run(self, command: str | Sequence[str], additional_mounts: Sequence[str] = ()) -> int:
-        raise _not_yet()
+        text = envs.read_requirements(self.requirements_files)
+        text += "".join(f"{p.strip()}\n" for p in self.packages if p.strip())
+        rep = Reporter(quiet=quiet)
+        try:
+            env, _built = envs.init(self.name, python=self.python_version, requirements_text=text,
+                                    base=self.base, runtime=self.runtime, force=force,
+                                    offline=self.offline, progress=rep.step,
+                                    download_progress=rep.download)
+        finally:
+            rep.close()
+        return env.as_dict()
+
+    def run(self, command: str | Sequence[str], additional_mounts: Sequence[str] = (),
+            env: Mapping[str, str] | None = None, workdir: str | None = None,
+            gpu: str | None = None) -> int:
+        """Run a command in the environment; returns its exit status."""
+        from . import envs
+
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        return envs.run(self.name, argv, runtime=self.runtime, mounts=additional_mounts,
+                        env=env or {}, workdir=workdir, gpu=gpu, tty=False)
+
+    def verify(self) -> dict[str, Any]:
+        """Is this still the environment that was built? (see `venvoy verify`)"""
+        from . import envs
+
+        return envs.verify(self.name, runtime=self.runtime)
 
     def export_archive(self, path: str) -> str:
-        raise _not_yet()
+        raise VenvoyError("exporting environments is not implemented in this venvoy yet",
+                          "it arrives with the export/import issue")
 
     def import_archive(self, path: str) -> str:
-        raise _not_yet()
+        raise VenvoyError("importing environments is not implemented in this venvoy yet",
+                          "it arrives with the export/import issue")

@@ -27,6 +27,19 @@ def _xdg(var: str, default: str, environ: Mapping[str, str]) -> str | None:
     return os.path.join(base, "venvoy")
 
 
+def data_dir(environ: Mapping[str, str] | None = None) -> str:
+    """The store's root (see :mod:`venvoy.store`)."""
+    env = _env(environ)
+    if env.get("VENVOY_HOME"):
+        return env["VENVOY_HOME"]
+    path = _xdg("XDG_DATA_HOME", os.path.join(".local", "share"), env)
+    if path is None:
+        import platformdirs
+
+        path = platformdirs.user_data_dir("venvoy")
+    return path
+
+
 def cache_dir(environ: Mapping[str, str] | None = None) -> str:
     """Directory for caches (safe to delete). Plain str: pathlib costs start-up time."""
     env = _env(environ)

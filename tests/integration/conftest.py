@@ -74,8 +74,9 @@ TARGETS = [
 class Venvoy:
     """Runs the venvoy CLI (from this checkout) as root or as the test user."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, root_python: str = sys.executable) -> None:
         self.root = root
+        self.root_python = root_python
         self.src = root / "src"
         # A copy of the package the test user can read (the checkout may live in
         # a directory only root can enter, such as /root).
@@ -117,7 +118,7 @@ class Venvoy:
             return argv, env
         env = self.root_env(target)
         env.update(extra_env or {})
-        return [sys.executable, "-m", "venvoy", *args], env
+        return [self.root_python, "-m", "venvoy", *args], env
 
     def run(self, target: Target, args: Sequence[str], *, cwd: Path | None = None,
             input: bytes | None = None, extra_env: dict[str, str] | None = None,

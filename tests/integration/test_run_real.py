@@ -131,8 +131,9 @@ def _containers(venvoy: Venvoy, target: Target) -> list[str]:
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
 
 
-def test_sigterm_stops_the_container_and_leaves_nothing(venvoy: Venvoy, target: Target,
-                                                        workdir: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_signal_stops_the_container_and_leaves_nothing(venvoy: Venvoy, target: Target,
+                                                       workdir: Path, sig: int) -> None:
     seconds = str(3000 + os.getpid() % 997)  # a sleep no other test starts
     before = _containers(venvoy, target)
     proc = venvoy.popen(target, ["run", "--runtime", target.runtime, "--image", target.image,
@@ -154,7 +155,7 @@ def test_sigterm_stops_the_container_and_leaves_nothing(venvoy: Venvoy, target: 
             assert children, "runuser has no child"
             pid = int(children[0])
         start = time.monotonic()
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
         proc.wait(timeout=15)
         elapsed = time.monotonic() - start
     finally:
@@ -182,3 +183,16 @@ def test_missing_image_is_one_clear_line(venvoy: Venvoy, target: Target, workdir
     ours = [line for line in err.splitlines() if line.startswith("venvoy: error:")]
     assert len(ours) == 1 and missing in ours[0], err
     assert "not found" in ours[0] or "does not exist" in ours[0]
+
+
+@pytest.mark.parametrize("gpu", ["nvidia", "amd"])
+def test_gpu_request_without_devices_is_one_clear_line(venvoy: Venvoy, target: Target,
+                                                       workdir: Path, gpu: str) -> None:
+    """This machine has no GPU: refused up front, never a confusing failure inside."""
+    if os.path.exists("/dev/nvidiactl") or os.path.exists("/dev/kfd"):
+        pytest.skip("this machine has GPU devices")
+    proc = run(venvoy, target, workdir, "--gpu", gpu, "--", "true")
+    err = proc.stderr.decode()
+    assert proc.returncode == 125
+    assert err.count("\n") == 1 and err.startswith(f"venvoy: error: --gpu {gpu}:"), err
+    assert "drop --gpu" in err

@@ -49,8 +49,7 @@ def test_no_command_prints_help_and_returns_2(capsys) -> None:
 
 
 @pytest.mark.parametrize("argv", [["--bogus"], ["run", "--image", "x", "--bogus", "--", "true"],
-                                  ["frobnicate"], ["run", "--gpu", "intel", "--image", "x"],
-                                  ["run", "--", "true"]])
+                                  ["frobnicate"], ["run", "--gpu", "intel", "--image", "x"]])
 def test_parser_errors_are_one_line_and_exit_2(capsys, argv) -> None:
     with pytest.raises(SystemExit) as info:
         main(argv)
@@ -364,3 +363,9 @@ def test_dry_run_prints_the_runtime_command(cli_env, capsys, tmp_path: Path, mon
     assert words[i + 1:i + 3] == ["exec", "--cleanenv"]
     assert words[-4:] == [str(sif), "python3", "-c", "print('hi there')"]
     assert cli_env.calls("apptainer") == 0  # nothing was run
+
+
+def test_run_without_name_or_image_is_a_usage_error(capsys) -> None:
+    assert main(["run", "--", "true"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("venvoy: error:") and "NAME or --image" in err

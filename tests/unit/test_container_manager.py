@@ -119,17 +119,31 @@ def test_unknown_package_attribute() -> None:
         venvoy.NoSuchThing  # noqa: B018
 
 
-@pytest.mark.parametrize(("method", "args"), [("initialize", ()), ("run", (["python3"],)),
-                                              ("export_archive", ("x.tar",)),
+@pytest.mark.parametrize(("method", "args"), [("export_archive", ("x.tar",)),
                                               ("import_archive", ("x.tar",))])
-def test_venvoy_environment_methods_raise_clear_error(method: str, args) -> None:
+def test_venvoy_environment_not_yet_methods_raise_clear_error(method: str, args) -> None:
     from venvoy import VenvoyEnvironment
 
     with pytest.raises(VenvoyError) as info:
         getattr(VenvoyEnvironment("demo"), method)(*args)
     assert "not implemented" in str(info.value)
-    assert "venvoy run --image" in info.value.hint
     assert "\n" not in str(info.value)
+
+
+def test_venvoy_environment_run_of_unknown_env_is_clear() -> None:
+    from venvoy import VenvoyEnvironment
+
+    with pytest.raises(VenvoyError) as info:
+        VenvoyEnvironment("never-built").run("python3 -c pass")
+    assert "no environment named 'never-built'" in str(info.value)
+    assert "venvoy init never-built" in info.value.hint
+
+
+def test_venvoy_environment_rejects_bad_names() -> None:
+    from venvoy import VenvoyEnvironment
+
+    with pytest.raises(VenvoyError, match="invalid environment name"):
+        VenvoyEnvironment("../escape")
 
 
 def test_venvoy_environment_errors_do_not_accumulate_tracebacks() -> None:
@@ -138,7 +152,7 @@ def test_venvoy_environment_errors_do_not_accumulate_tracebacks() -> None:
     lengths = []
     for _ in range(3):
         try:
-            VenvoyEnvironment("demo").initialize()
+            VenvoyEnvironment("demo").export_archive("x.tar")
         except VenvoyError as exc:
             lengths.append(len(traceback.extract_tb(exc.__traceback__)))
     assert lengths[0] == lengths[1] == lengths[2]
