@@ -27,6 +27,7 @@ STATE_DIR=/var/lib/venvoy-provision      # sid apt lists, downloaded .debs, stam
 SMOKE_DIR=/var/tmp/venvoy-provision      # small artefacts for the smoke tests (owned by TEST_USER)
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 export DEBIAN_FRONTEND=noninteractive
 export PODMAN_IGNORE_CGROUPSV1_WARNING=1 # Podman 5 (trixie) warns on every call on hybrid cgroups
 # Keep the caller's PATH order (a newer docker client may sit in /usr/local/bin),
@@ -441,14 +442,21 @@ step_ok "base image ($CACHE_DIR)"
 # 8. venv for the test user
 # --------------------------------------------------------------------------
 step_start "venv $VENV_DIR"
-venv_ok() { as_user "$VENV_DIR/bin/python" -c 'import platformdirs, filelock' >/dev/null 2>&1; }
+# The test user's venvoy runs from a copy of src/ with this venv's Python: it
+# needs venvoy's runtime dependencies, read from pyproject.toml (a stamp keeps
+# the step idempotent and notices when they change).
+DEPS=$(/usr/bin/python3 -c 'import sys, tomllib; print("\n".join(d for d in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"] if "python_version" not in d))' "$REPO_DIR/pyproject.toml")
+venv_ok() { [[ -x $VENV_DIR/bin/python && "$(cat "$VENV_DIR/.venvoy-deps" 2>/dev/null)" == "$DEPS" ]] &&
+    as_user "$VENV_DIR/bin/python" -c 'import platformdirs, filelock' >/dev/null 2>&1; }
 if ! venv_ok; then
     rm -rf "$VENV_DIR"
     install -d -m 755 "$(dirname "$VENV_DIR")"
     /usr/bin/python3 -m venv "$VENV_DIR"
     # A TLS-intercepting proxy may sit in front of PyPI: trust the host's CA bundle.
+    # shellcheck disable=SC2086
     PIP_CERT=${PIP_CERT:-$CA_BUNDLE} "$VENV_DIR/bin/pip" install --quiet --disable-pip-version-check \
-        platformdirs filelock
+        $DEPS
+    printf '%s' "$DEPS" > "$VENV_DIR/.venvoy-deps"
     chmod -R a+rX "$(dirname "$VENV_DIR")"
     venv_ok || die "$VENV_DIR does not work for $TEST_USER"
 fi

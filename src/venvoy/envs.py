@@ -26,11 +26,13 @@ returns before touching the network.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -163,7 +165,10 @@ def read_requirements(files: Iterable[str | os.PathLike[str]] = (),
 
 
 def _pyproject_dependencies(path: Path) -> list[str]:
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
 
     try:
         data = tomllib.loads(path.read_text())
@@ -226,7 +231,7 @@ def get(name: str, store: Store | None = None) -> Environment:
 def list_envs(store: Store | None = None) -> list[dict[str, Any]]:
     """Every environment with what `venvoy list` shows."""
     store = store or Store()
-    out = []
+    out: list[dict[str, Any]] = []
     if not store.envs.is_dir():
         return out
     for d in sorted(store.envs.iterdir()):
@@ -343,17 +348,17 @@ def _build(store: Store, rt: Any, name: str, python: str, base_img: Any, lock_te
     files = files_to_fetch(packages)
     say(f"fetching {len(files)} distribution files (wheel cache: {store.wheels})")
     cache = WheelCache(store.wheels)
-    paths = cache.fetch(files, offline=offline, progress=download_progress)
+    # --offline means "no container registry"; wheels still come from the
+    # package index (or straight from the cache when they are there already).
+    paths = cache.fetch(files, progress=download_progress)
     build = Path(tempfile.mkdtemp(prefix=f"build-{name}-", dir=store.tmp))
     try:
         build.chmod(0o755)
         (build / "wheels").mkdir()
         cache.link_into(paths, build / "wheels")
         (build / "bin").mkdir()
-        try:
+        with contextlib.suppress(VenvoyError):  # without uv the build script uses pip
             shutil.copy2(uv_binary(), build / "bin" / "uv")
-        except VenvoyError:
-            pass  # the build script falls back to pip
         (build / "requirements.txt").write_text(requirements_txt(packages))
         (build / "venv").mkdir()
         base_ref = ensure_native(store, rt, base_img.archive, base_img.image_id,
@@ -362,7 +367,10 @@ def _build(store: Store, rt: Any, name: str, python: str, base_img: Any, lock_te
         req = make_request(
             base_ref, ["sh", "-c", BUILD_SCRIPT],
             mounts=[Mount(str(build), "/venvoy"), Mount(str(build / "venv"), VENV_PATH)],
-            env={"HOME": "/tmp", "SOURCE_DATE_EPOCH": "0", "UV_NO_CACHE": "1",
+            # Apptainer keeps HOME pointing at the (unmounted) home directory:
+            # every cache goes to the build directory instead.
+            env={"HOME": "/venvoy/home", "XDG_CACHE_HOME": "/venvoy/cache",
+                 "UV_CACHE_DIR": "/venvoy/cache/uv", "SOURCE_DATE_EPOCH": "0", "UV_NO_CACHE": "1",
                  "UV_PYTHON_DOWNLOADS": "never", "PIP_NO_CACHE_DIR": "1",
                  "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
             workdir="/", mount_cwd=False, tty=False, environ={})

@@ -48,8 +48,7 @@ class Reporter:
 
     def _tty_download(self, name: str, done: int, total: int) -> None:
         if self._bar is None:
-            from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                       TransferSpeedColumn)
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                                  TransferSpeedColumn(), console=None, transient=True)
