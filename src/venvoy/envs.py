@@ -261,10 +261,15 @@ def init(name: str, *, python: str = "3.11", requirements: Iterable[str | os.Pat
          pyproject: str | os.PathLike[str] | None = None, base: str | None = None,
          runtime: str | None = None, force: bool = False, offline: bool | None = None,
          upgrade: bool = False, requirements_text: str | None = None,
+         lock_text: str | None = None, wheel_dirs: Sequence[Path] = (),
          progress: Callable[[str], None] | None = None,
          download_progress: Callable[[str, int, int], None] | None = None,
          store: Store | None = None) -> tuple[Environment, bool]:
-    """Create or rebuild an environment; returns it and whether anything was built."""
+    """Create or rebuild an environment; returns it and whether anything was built.
+
+    ``lock_text`` gives the lock instead of resolving one (importing a wheelhouse);
+    ``wheel_dirs`` are searched for the locked files before the index.
+    """
     check_name(name)
     check_python(python)
     store = store or Store()
@@ -272,7 +277,7 @@ def init(name: str, *, python: str = "3.11", requirements: Iterable[str | os.Pat
     say = progress or (lambda _msg: None)
     req_text = requirements_text if requirements_text is not None else read_requirements(
         requirements, pyproject)
-    inputs = _sha256(RECIPE_VERSION, python, req_text, base or "")
+    inputs = _sha256(RECIPE_VERSION, python, req_text, base or "", lock_text or "")
     with store.lock(f"env-{name}"):
         previous = _existing(store, name)
         if (previous is not None and not force and not upgrade
@@ -288,17 +293,18 @@ def init(name: str, *, python: str = "3.11", requirements: Iterable[str | os.Pat
                                 progress=say)
         platform = Platform(python=python, arch=_arch(), glibc=base_img.glibc)
         say(f"locking requirements for Python {python} on {platform.uv_platform()}")
-        keep = previous.lock_text if previous is not None and previous.python == python else None
-        lock_text = resolve(req_text, platform, upgrade=upgrade, previous=keep)
+        if lock_text is None:
+            keep = previous.lock_text if previous is not None and previous.python == python else None
+            lock_text = resolve(req_text, platform, upgrade=upgrade, previous=keep)
         lhash = lock_hash(lock_text)
         identity = _sha256(RECIPE_VERSION, lhash, base_img.image_id)
         if (previous is not None and not force and previous.identity == identity
                 and previous.archive.is_file()):
-            _write_env(store, previous.data | {"inputs": inputs, "requirements": req_text},
+            write_env(store, previous.data | {"inputs": inputs, "requirements": req_text},
                        lock_text, req_text)
             return get(name, store), False
         image_id, packages = _build(store, rt, name, python, base_img, lock_text, lhash, identity,
-                                    offline, say, download_progress)
+                                    say, download_progress, wheel_dirs)
         data = {
             "name": name, "python": python, "requirements": req_text, "base": base,
             "base_source": base_img.source, "base_image_id": base_img.image_id,
@@ -307,7 +313,7 @@ def init(name: str, *, python: str = "3.11", requirements: Iterable[str | os.Pat
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "venvoy_version": __version__, "recipe": RECIPE_VERSION,
         }
-        _write_env(store, data, lock_text, req_text)
+        write_env(store, data, lock_text, req_text)
         if previous is not None and previous.image_id != image_id:
             _drop_image_if_unused(store, previous.image_id)
         return get(name, store), True
@@ -325,7 +331,7 @@ def _existing(store: Store, name: str) -> Environment | None:
         return None
 
 
-def _write_env(store: Store, data: dict[str, Any], lock_text: str, req_text: str) -> None:
+def write_env(store: Store, data: dict[str, Any], lock_text: str, req_text: str) -> None:
     """Write the environment's directory as a whole: all of it or none of it."""
     final = store.env_dir(data["name"])
     with store.new_path(final, directory=True) as tmp:
@@ -336,8 +342,9 @@ def _write_env(store: Store, data: dict[str, Any], lock_text: str, req_text: str
 
 
 def _build(store: Store, rt: Any, name: str, python: str, base_img: Any, lock_text: str,
-           lhash: str, identity: str, offline: bool, say: Callable[[str], None],
-           download_progress: Callable[[str, int, int], None] | None) -> tuple[str, int]:
+           lhash: str, identity: str, say: Callable[[str], None],
+           download_progress: Callable[[str, int, int], None] | None,
+           wheel_dirs: Sequence[Path] = ()) -> tuple[str, int]:
     from .image import add_files_layer, assemble, inspect_archive, layer_from_dir
     from .lock import files_to_fetch, parse, requirements_txt, uv_binary
     from .native import ensure_native
@@ -348,6 +355,8 @@ def _build(store: Store, rt: Any, name: str, python: str, base_img: Any, lock_te
     files = files_to_fetch(packages)
     say(f"fetching {len(files)} distribution files (wheel cache: {store.wheels})")
     cache = WheelCache(store.wheels)
+    if wheel_dirs:
+        seed_wheel_cache(cache, files, wheel_dirs)
     # --offline means "no container registry"; wheels still come from the
     # package index (or straight from the cache when they are there already).
     paths = cache.fetch(files, progress=download_progress)
@@ -417,6 +426,34 @@ def _build(store: Store, rt: Any, name: str, python: str, base_img: Any, lock_te
         return info.image_id, len(packages)
     finally:
         shutil.rmtree(build, ignore_errors=True)
+
+
+def seed_wheel_cache(cache: Any, files: Sequence[Any], dirs: Sequence[Path]) -> int:
+    """Put locked files found in ``dirs`` (a wheelhouse) into the wheel cache,
+    each checked against the lock's sha256 first; returns how many were added."""
+    added = 0
+    for f in files:
+        dest = cache.path_for(f)
+        if dest.exists():
+            continue
+        for d in dirs:
+            src = Path(d) / f.filename
+            if not src.is_file():
+                continue
+            h = hashlib.sha256()
+            with open(src, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            if h.hexdigest() != f.sha256:
+                raise VenvoyError(f"{src} does not match the lock's sha256 for {f.filename}",
+                                  "the wheelhouse is damaged or was altered")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dest)
+            added += 1
+            break
+    return added
 
 
 def _last_line(log: Path) -> str:

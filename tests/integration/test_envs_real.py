@@ -46,9 +46,9 @@ class Stores:
                 "VENVOY_OFFLINE": "1"}
 
     def venvoy_cmd(self, target: Target, *args: str, timeout: float = 900,
-                   ) -> subprocess.CompletedProcess[bytes]:
-        return self.venvoy.run(target, list(args), cwd=self.work, extra_env=self.env(target),
-                               timeout=timeout)
+                   extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+        return self.venvoy.run(target, list(args), cwd=self.work,
+                               extra_env=self.env(target) | (extra or {}), timeout=timeout)
 
     def ok(self, target: Target, *args: str, timeout: float = 900) -> str:
         proc = self.venvoy_cmd(target, *args, timeout=timeout)
@@ -221,9 +221,12 @@ def test_verify_passes_then_reports_a_modified_file(stores: Stores) -> None:
     (("init", "it-bad", "--requirements", "req-bogus.txt", "--base", str(ROOTFS)),
      "venvoy-no-such-package-xyz"),
     (("init", "it-bad", "--base", "localhost:5999/python:3.11-slim", "--runtime", "podman"),
-     "localhost:5999"),
+     "cannot pull localhost:5999/python:3.11-slim: registry localhost:5999 unreachable"),
+    (("init", "it-bad", "--python", "3.12", "--runtime", "podman"),
+     "no base image for Python 3.12: cannot pull localhost:5999/library/python:3.12-slim"),
     (("run", "it-never-built", "--", "true"), "no environment named 'it-never-built'"),
-], ids=["name", "python", "req-file", "unknown-package", "unreachable-registry", "no-env"])
+], ids=["name", "python", "req-file", "unknown-package", "unreachable-registry",
+        "unreachable-registry-no-fallback", "no-env"])
 def test_bad_input_is_one_clear_line_and_leaves_nothing(stores: Stores, args: tuple[str, ...],
                                                         message: str) -> None:
     (stores.work / "req-bogus.txt").write_text("venvoy-no-such-package-xyz==1.0\n")
@@ -231,7 +234,9 @@ def test_bad_input_is_one_clear_line_and_leaves_nothing(stores: Stores, args: tu
     envs_before = sorted(p.name for p in (stores.user / "envs").glob("*")) if (
         stores.user / "envs").exists() else []
     start = time.monotonic()
-    proc = stores.venvoy_cmd(USER, *args, timeout=300)
+    # online, but the only registry is a loopback port where nothing listens
+    online = {"VENVOY_OFFLINE": "0", "VENVOY_BASE_REGISTRY": "localhost:5999/library"}
+    proc = stores.venvoy_cmd(USER, *args, timeout=300, extra=online)
     err = proc.stderr.decode()
     assert proc.returncode != 0
     assert "Traceback" not in err
