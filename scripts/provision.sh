@@ -101,7 +101,7 @@ wait_for() { # SECONDS DESCRIPTION CMD...
 # 1. Debian packages
 # --------------------------------------------------------------------------
 PKGS=(
-    ca-certificates debian-archive-keyring util-linux procps git xz-utils rsync
+    ca-certificates debian-archive-keyring util-linux procps git xz-utils zstd rsync
     docker.io containerd tini iptables
     podman runc conmon catatonit uidmap slirp4netns fuse-overlayfs fuse3
     containernetworking-plugins

@@ -187,6 +187,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_option(vf)
     vf.add_argument("--json", action="store_true", help="print the report as JSON")
 
+    ex = sub.add_parser("export", help="write an environment to a file others can import or rebuild")
+    ex.add_argument("name")
+    ex.add_argument("--format", default="archive",
+                    choices=["archive", "wheelhouse", "containerfile", "apptainer-def", "lock"],
+                    help="archive: the image, verified, for `venvoy import` (default); wheelhouse: "
+                         "the lock and wheels for x86_64 and aarch64; containerfile / "
+                         "apptainer-def: a build context for plain podman/apptainer build; "
+                         "lock: pylock.toml")
+    ex.add_argument("--output", "-o", metavar="PATH", help="default: derived from name and lock")
+    ex.add_argument("--with-sif", action="store_true", help="archive: include the SIF too")
+    ex.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
+    im = sub.add_parser("import", help="import an archive or a wheelhouse (recognised by content)")
+    im.add_argument("path")
+    im.add_argument("--name", help="import under another name")
+    add_runtime_option(im)
+    im.add_argument("--force", action="store_true", help="replace an environment of the same name")
+    im.add_argument("--offline", action="store_true", help="wheelhouse: see init --offline")
+    im.add_argument("--base", metavar="REF",
+                    help="wheelhouse: the base image to rebuild on (default: the recorded one)")
+    im.add_argument("--quiet", "-q", action="store_true", help="no progress output")
+
     load = sub.add_parser("load", help="load a Docker/OCI archive tar into a runtime")
     load.add_argument("archive", help="the tar written by `docker save` or `podman save`")
     load.add_argument("--name", required=True, help="image name to give it (name:tag)")
@@ -333,6 +355,54 @@ def cmd_lock(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import envs
+
+    env = envs.get(args.name)
+    out = Path(args.output) if args.output else None
+    rep = _reporter(args.quiet)
+    try:
+        if args.format == "archive":
+            from .archive import export_archive
+
+            path = export_archive(env, out, with_sif=args.with_sif, progress=rep.step)
+        else:
+            from . import exports
+
+            if args.with_sif:
+                raise VenvoyError("--with-sif only goes with --format archive")
+            if args.format == "wheelhouse":
+                path = exports.export_wheelhouse(env, out, progress=rep.step,
+                                                 download_progress=rep.download)
+            elif args.format == "containerfile":
+                path = exports.export_containerfile(env, out)
+            elif args.format == "apptainer-def":
+                path = exports.export_apptainer_def(env, out)
+            else:
+                path = exports.export_lock(env, out)
+    finally:
+        rep.close()
+    print(path)
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from . import envs
+
+    rep = _reporter(args.quiet)
+    try:
+        env = envs.import_any(args.path, name=args.name, runtime=args.runtime, force=args.force,
+                              offline=args.offline or None, base=args.base, progress=rep.step)
+    finally:
+        rep.close()
+    if not args.quiet:
+        print(f"venvoy: imported {env.name}: Python {env.python}, identity {env.identity[:12]}; "
+              f"run it with `venvoy run {env.name} -- python ...`", file=sys.stderr)
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from . import envs
 
@@ -417,7 +487,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "runtime-info":
             return cmd_runtime_info(args)
         handlers = {"load": cmd_load, "init": cmd_init, "list": cmd_list, "remove": cmd_remove,
-                    "lock": cmd_lock, "verify": cmd_verify}
+                    "lock": cmd_lock, "verify": cmd_verify, "export": cmd_export,
+                    "import": cmd_import}
         if args.command in handlers:
             return handlers[args.command](args)
         parser.print_help()

@@ -17,8 +17,6 @@ import shlex
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import VenvoyError
-
 
 class VenvoyEnvironment:
     """A named, reproducible Python environment."""
@@ -70,9 +68,17 @@ class VenvoyEnvironment:
         return envs.verify(self.name, runtime=self.runtime)
 
     def export_archive(self, path: str) -> str:
-        raise VenvoyError("exporting environments is not implemented in this venvoy yet",
-                          "it arrives with the export/import issue")
+        """Write the environment (image, lock, manifest) to one verified archive file."""
+        from pathlib import Path
 
-    def import_archive(self, path: str) -> str:
-        raise VenvoyError("importing environments is not implemented in this venvoy yet",
-                          "it arrives with the export/import issue")
+        from . import envs
+        from .archive import export_archive
+
+        return str(export_archive(envs.get(self.name), Path(path)))
+
+    def import_archive(self, path: str, force: bool = False) -> dict[str, Any]:
+        """Import an archive (or wheelhouse) as this environment; returns its record."""
+        from . import envs
+
+        return envs.import_any(path, name=self.name, runtime=self.runtime, force=force,
+                               offline=self.offline).as_dict()

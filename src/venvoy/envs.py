@@ -308,7 +308,7 @@ def init(name: str, *, python: str = "3.11", requirements: Iterable[str | os.Pat
         data = {
             "name": name, "python": python, "requirements": req_text, "base": base,
             "base_source": base_img.source, "base_image_id": base_img.image_id,
-            "glibc": base_img.glibc, "identity": identity, "image_id": image_id,
+            "glibc": base_img.glibc, "arch": _arch(), "identity": identity, "image_id": image_id,
             "lock_hash": lhash, "inputs": inputs, "built_with": rt.name, "packages": packages,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "venvoy_version": __version__, "recipe": RECIPE_VERSION,
@@ -594,3 +594,38 @@ def verify(name: str, *, runtime: str | None = None, store: Store | None = None)
                                                "version_mismatches", "modified_files",
                                                "missing_files"))
     return report
+
+
+def import_any(path: str | os.PathLike[str], *, name: str | None = None, runtime: str | None = None,
+               force: bool = False, offline: bool | None = None, base: str | None = None,
+               progress: Callable[[str], None] | None = None,
+               store: Store | None = None) -> Environment:
+    """Import an archive or a wheelhouse, recognised by content, not by name.
+
+    With ``runtime``, that runtime's form of the image is made right away (e.g.
+    the SIF), so the first run on a compute node does not pay for it.
+    """
+    from .archive import import_archive, sniff_format
+
+    store = store or Store()
+    src = Path(path)
+    if not src.is_file():
+        raise BadRequest(f"{str(src)!r} does not exist or is not a file", "check the path")
+    kind = sniff_format(src)
+    if kind == "archive":
+        env = import_archive(src, store=store, name=name, force=force, progress=progress)
+        if runtime is not None:
+            from .detect import get_runtime
+            from .native import ensure_native
+
+            ensure_native(store, get_runtime(runtime, store.environ), env.archive, env.image_id,
+                          env.tag, progress)
+        return env
+    if kind == "wheelhouse":
+        from .exports import import_wheelhouse
+
+        return import_wheelhouse(src, store=store, name=name, runtime=runtime, force=force,
+                                 offline=offline, base=base, progress=progress)
+    # Not recognised: let the archive reader say precisely why (wrong
+    # compression, no zstd support, not a tar, no manifest, ...).
+    return import_archive(src, store=store, name=name, force=force, progress=progress)

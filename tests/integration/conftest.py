@@ -13,6 +13,7 @@ that silently skip prove nothing.
 
 from __future__ import annotations
 
+import compileall
 import grp
 import os
 import pwd
@@ -82,6 +83,9 @@ class Venvoy:
         # a directory only root can enter, such as /root).
         shutil.copytree(REPO / "src" / "venvoy", self.src / "venvoy",
                         ignore=shutil.ignore_patterns("__pycache__"))
+        # Byte-compile it, as pip does at install time (PYTHONDONTWRITEBYTECODE
+        # may be set, and the test user could not write __pycache__ anyway).
+        compileall.compile_dir(self.src, quiet=1)
         for path in [root, *self.src.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
 

@@ -119,15 +119,21 @@ def test_unknown_package_attribute() -> None:
         venvoy.NoSuchThing  # noqa: B018
 
 
-@pytest.mark.parametrize(("method", "args"), [("export_archive", ("x.tar",)),
-                                              ("import_archive", ("x.tar",))])
-def test_venvoy_environment_not_yet_methods_raise_clear_error(method: str, args) -> None:
+def test_venvoy_environment_export_of_unknown_env_is_clear() -> None:
     from venvoy import VenvoyEnvironment
 
     with pytest.raises(VenvoyError) as info:
-        getattr(VenvoyEnvironment("demo"), method)(*args)
-    assert "not implemented" in str(info.value)
+        VenvoyEnvironment("demo").export_archive("x.tar")
+    assert "no environment named 'demo'" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_venvoy_environment_import_of_missing_file_is_clear(tmp_path) -> None:
+    from venvoy import VenvoyEnvironment
+
+    with pytest.raises(VenvoyError) as info:
+        VenvoyEnvironment("demo").import_archive(str(tmp_path / "nope.tar.gz"))
+    assert "does not exist" in str(info.value)
 
 
 def test_venvoy_environment_run_of_unknown_env_is_clear() -> None:
