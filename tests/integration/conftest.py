@@ -221,10 +221,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             nodeid = getattr(report, "nodeid", "")
             if "test_run_real.py" not in nodeid or "[" not in nodeid:
                 continue
-            target = nodeid.rsplit("[", 1)[1].rstrip("]").split("-")
-            name = "-".join(p for p in target if not p.isdigit())
-            if name not in {t.id for t in TARGETS}:
+            param = nodeid.rsplit("[", 1)[1].rstrip("]")
+            ids = [t.id for t in TARGETS if param == t.id or param.startswith(t.id + "-")]
+            if not ids:
                 continue
+            name = max(ids, key=len)  # "docker-group-user-0" is docker-group-user's
             counts.setdefault(name, {}).setdefault(outcome, 0)
             counts[name][outcome] += 1
     if counts:
