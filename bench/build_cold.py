@@ -11,7 +11,7 @@
 3. `venvoy run NAME -- python -c pass` minus the raw runtime command venvoy
    runs (from `--dry-run`), per runtime. Goal: at most 30 ms.
 
-Run as root after scripts/provision.sh: python3 bench/build_cold.py [-n 3]
+Run as root after scripts/install.sh --dev: .venv/bin/python bench/build_cold.py [-n 3]
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Each step is a fresh process. Printed as a markdown table: medians, the time
 ratio (goal: at most 1.2x) and the archive's size against ``podman save | gzip``
 (goal: no larger).
 
-Run as root after scripts/provision.sh:  python3 bench/export_import.py [-n 5]
+Run as root after scripts/install.sh --dev:  .venv/bin/python bench/export_import.py [-n 5]
 """
 
 from __future__ import annotations

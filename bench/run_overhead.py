@@ -8,7 +8,7 @@ machine state. Printed: the median of each, their difference in ms and their
 ratio. Also the wall time of ``venvoy runtime-info`` (version cache warm and
 cold) and of ``python3 -c pass`` on the host, the floor for any Python tool.
 
-Run as root after scripts/provision.sh:  python3 bench/run_overhead.py [-n 20]
+Run as root after scripts/install.sh --dev:  .venv/bin/python bench/run_overhead.py [-n 20]
 Apptainer, Singularity, Charliecloud and rootless Podman run as the
 unprivileged test user, as on a cluster; Docker and rootful Podman as root.
 """

@@ -22,7 +22,6 @@ processes asking at once make it exactly once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -47,6 +46,7 @@ from .image import (
     open_layers,
     rootfs_to_archive,
 )
+from .store import sha256_file
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -335,14 +335,6 @@ def _tar_kind(path: Path) -> str:
                       "pass a `docker save`/`podman save` tar or a tar of a root file system")
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def from_tar(path: Path, bases: Path, *, progress: Progress | None = None) -> BaseImage:
     """A base from a tar: an image archive copied into the store, or a root file system wrapped.
 
@@ -367,7 +359,7 @@ def from_tar(path: Path, bases: Path, *, progress: Progress | None = None) -> Ba
                 return found
     say(f"reading base {path}")
     try:
-        key = f"file-{_file_sha256(path)[:32]}"
+        key = f"file-{sha256_file(path)[:32]}"
     except OSError as exc:
         raise VenvoyError(f"cannot read base {path}: {exc.strerror}") from None
     with _Locked(bases, key, say):

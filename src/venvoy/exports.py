@@ -36,7 +36,7 @@ from typing import IO, Any
 from . import __version__
 from .envs import LABEL, VENV_PATH, Environment
 from .errors import VenvoyError
-from .store import Store
+from .store import Store, new_path
 
 Say = Callable[[str], None]
 DownloadProgress = Callable[[str, int, int], None]
@@ -332,21 +332,9 @@ def _new_dir(final: Path) -> Iterator[Path]:
         if any(final.iterdir()) and not (final / _MARKER).is_file():
             raise VenvoyError(f"{final} exists and is not an earlier venvoy export",
                               "remove it or choose another --output")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    try:
+    with new_path(final, directory=True) as tmp:
         tmp.chmod(0o755)
         yield tmp
-        if final.exists():
-            old = final.with_name(f".{final.name}.{os.getpid()}.old")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _cached_files(env: Environment, lock_texts: Sequence[str],
@@ -443,14 +431,6 @@ def _tarinfo(name: str, size: int, mtime: int) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
     return info
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_wheelhouse(env: Environment, output: Path | None, *, progress: Say | None = None,

@@ -103,35 +103,52 @@ class Store:
                 f"if no other venvoy is running, remove {locks} and retry",
             ) from None
 
-    @contextlib.contextmanager
-    def new_path(self, final: Path, *, directory: bool = False) -> Iterator[Path]:
-        """Yield a temporary sibling of ``final``; on success rename it into place.
+    def new_path(self, final: Path, *, directory: bool = False) -> contextlib.AbstractContextManager[Path]:
+        """See :func:`new_path`."""
+        return new_path(final, directory=directory)
 
-        On any failure (or a kill) only the temporary name is left, never a
-        half-written ``final``; temporary names start with ``.tmp-``.
-        """
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if directory:
-            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+
+@contextlib.contextmanager
+def new_path(final: Path, *, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``final``; on success rename it into place.
+
+    On any failure (or a kill) only the temporary name is left, never a
+    half-written ``final``; temporary names start with ``.tmp-``. An existing
+    ``final`` directory is swapped out and deleted after the new one is in.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".tmp-{final.name}-", dir=final.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory and final.exists():
+            old = final.with_name(f".tmp-old-{final.name}-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
         else:
-            fd, name = tempfile.mkstemp(prefix=f".tmp-{final.name}-", dir=final.parent)
-            os.close(fd)
-            tmp = Path(name)
-        try:
-            yield tmp
-            if directory and final.exists():
-                old = final.with_name(f".tmp-old-{final.name}-{os.getpid()}")
-                os.replace(final, old)
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
             else:
-                os.replace(tmp, final)
-        finally:
-            if tmp.exists():
-                if tmp.is_dir():
-                    shutil.rmtree(tmp, ignore_errors=True)
-                else:
-                    tmp.unlink()
+                tmp.unlink()
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def digest_hex(image_id: str) -> str:

@@ -361,7 +361,7 @@ def test_base_tar_docker_archive_copied_by_content(store: Path, tmp_path: Path,
     assert base.archive.name.startswith("file-") and base.source == str(src)
     assert base.image_id == image.inspect_archive(src).image_id
     # the same file again: recognised by path, size and mtime, not read again
-    monkeypatch.setattr(bases, "_file_sha256", lambda _p: pytest.fail("read again"))
+    monkeypatch.setattr(bases, "sha256_file", lambda _p: pytest.fail("read again"))
     assert resolve_base("3.11", str(src), store=store, runtime=None) == base
 
 
