@@ -55,7 +55,8 @@ class Reporter:
             self._bar.start()
         task = self._tasks.get(name)
         if task is None:
-            task = self._tasks[name] = self._bar.add_task(name, total=total or None)
+            label = name if len(name) <= 40 else name[:37] + "..."
+            task = self._tasks[name] = self._bar.add_task(label, total=total or None)
         self._bar.update(task, completed=done)
 
     def close(self) -> None:

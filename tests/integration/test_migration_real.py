@@ -70,11 +70,67 @@ def test_build_with_podman_export_import_run_with_apptainer_and_charliecloud(
        "python", "analysis.py", "results-apptainer.txt")
     ok(USER, user_store, "run", "study", "--runtime", "charliecloud", "--",
        "python", "analysis.py", "results-charliecloud.txt")
+    ok(USER, user_store, "run", "study", "--runtime", "singularity", "--",
+       "python", "analysis.py", "results-singularity.txt")
+
+    # Another machine with Docker: import under another name, run with Docker.
+    other = {"VENVOY_HOME": str(venvoy.root / "mig-docker"), "VENVOY_OFFLINE": "1"}
+    ok(ROOT, other, "import", str(archive), "--name", "study-copy", "--quiet")
+    ok(ROOT, other, "run", "study-copy", "--runtime", "docker", "--",
+       "python", "analysis.py", "results-docker.txt")
 
     reference = (shared / "results-podman.txt").read_bytes()
     assert reference.startswith(b"numpy 2.")
     assert (shared / "results-apptainer.txt").read_bytes() == reference
     assert (shared / "results-charliecloud.txt").read_bytes() == reference
+    assert (shared / "results-singularity.txt").read_bytes() == reference
+    assert (shared / "results-docker.txt").read_bytes() == reference
     assert (shared / "results-apptainer.txt").stat().st_uid == pwd.getpwnam(TEST_USER).pw_uid
     report = ok(USER, user_store, "verify", "study", "--runtime", "charliecloud")
     assert "OK, matches the lock" in report
+
+
+API_SCRIPT = """
+import json, os, sys
+from venvoy import VenvoyEnvironment
+
+work = sys.argv[1]
+env = VenvoyEnvironment("api-env", python_version="3.11", runtime="podman",
+                        packages=["six==1.17.0"], base=os.environ["ROOTFS"])
+record = env.initialize()
+again = env.initialize()                      # a no-op: same record
+code = env.run("python -c 'import six, sys; "
+               "open(\\"/data/out.txt\\", \\"w\\").write(six.__version__); sys.exit(3)'",
+               additional_mounts=[work + ":/data"])
+path = env.export_archive(os.path.join(work, "api-env.tar.gz"))
+copy = VenvoyEnvironment("api-copy", runtime="charliecloud")
+imported = copy.import_archive(path)
+code2 = copy.run(["python", "-c", "import six; print(six.__version__)"])
+print(json.dumps({"identity": record["identity"], "same": again == record, "code": code,
+                  "imported": imported["identity"], "code2": code2}))
+"""
+
+
+def test_seed_python_api_end_to_end(venvoy: Venvoy) -> None:
+    """The seed's documented API on real runtimes: initialize, run with
+    additional_mounts, export_archive, import_archive."""
+    import subprocess
+    import sys
+
+    work = venvoy.root / "api"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VENVOY_", "SLURM_"))}
+    env.update(PYTHONPATH=str(venvoy.src), VENVOY_HOME=str(venvoy.root / "api-store"),
+               VENVOY_OFFLINE="1", ROOTFS=str(ROOTFS))
+    proc = subprocess.run([sys.executable, "-c", API_SCRIPT, str(work)], env=env, cwd=work,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["same"] is True
+    assert result["code"] == 3, "the command's exit status comes back"
+    assert (work / "out.txt").read_text() == "1.17.0"
+    assert result["imported"] == result["identity"]
+    assert result["code2"] == 0
+    assert "1.17.0" in proc.stdout
