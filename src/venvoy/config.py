@@ -27,15 +27,26 @@ def load_config(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         return {}
     except OSError as exc:
         raise VenvoyError(f"cannot read config file {path}: {exc.strerror}", "fix its permissions") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise VenvoyError(f"config file {path} is not valid TOML: {exc}", "fix or remove it") from None
+    return parse_toml(text, f"config file {path}", "fix or remove it")
+
+
+def parse_toml(text: str, what: str, hint: str,
+               error: type[VenvoyError] = VenvoyError) -> dict[str, Any]:
+    """Parse TOML on any supported Python; a syntax error is one line:
+    "<what> is not valid TOML: <reason>; <hint>"."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - Python 3.10
         import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
     try:
-        data: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise VenvoyError(f"config file {path} is not valid TOML: {exc}", "fix or remove it") from None
+        data: dict[str, Any] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise error(f"{what} is not valid TOML: {' '.join(str(exc).split())}", hint) from None
     return data
 
 
-__all__ = ["load_config"]
+__all__ = ["load_config", "parse_toml"]

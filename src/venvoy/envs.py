@@ -32,7 +32,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -165,17 +164,15 @@ def read_requirements(files: Iterable[str | os.PathLike[str]] = (),
 
 
 def _pyproject_dependencies(path: Path) -> list[str]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
+    from .config import parse_toml
 
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         raise BadRequest(f"pyproject file {str(path)!r} does not exist", "check the path") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
         raise BadRequest(f"{path} is not valid TOML: {exc}", "fix the file") from None
+    data = parse_toml(text, str(path), "fix the file", BadRequest)
     deps = data.get("project", {}).get("dependencies")
     if not isinstance(deps, list):
         raise BadRequest(f"{path} has no [project] dependencies list", "add one or use --requirements")
@@ -285,13 +282,13 @@ def init(name: str, *, python: str = "3.11", requirements: Iterable[str | os.Pat
             return previous, False  # nothing changed: no network, no runtime
         from .bases import resolve_base
         from .detect import choose_runtime
-        from .lock import Platform, lock_hash, resolve
+        from .lock import Platform, host_arch, lock_hash, resolve
 
         rt = choose_runtime(runtime, store.environ).runtime
         say(f"base image for Python {python} ...")
         base_img = resolve_base(python, base, store=store.root, runtime=rt, offline=offline,
                                 progress=say)
-        platform = Platform(python=python, arch=_arch(), glibc=base_img.glibc)
+        platform = Platform(python=python, arch=host_arch(), glibc=base_img.glibc)
         say(f"locking requirements for Python {python} on {platform.uv_platform()}")
         if lock_text is None:
             keep = previous.lock_text if previous is not None and previous.python == python else None
@@ -308,7 +305,7 @@ def init(name: str, *, python: str = "3.11", requirements: Iterable[str | os.Pat
         data = {
             "name": name, "python": python, "requirements": req_text, "base": base,
             "base_source": base_img.source, "base_image_id": base_img.image_id,
-            "glibc": base_img.glibc, "arch": _arch(), "identity": identity, "image_id": image_id,
+            "glibc": base_img.glibc, "arch": host_arch(), "identity": identity, "image_id": image_id,
             "lock_hash": lhash, "inputs": inputs, "built_with": rt.name, "packages": packages,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "venvoy_version": __version__, "recipe": RECIPE_VERSION,
@@ -317,11 +314,6 @@ def init(name: str, *, python: str = "3.11", requirements: Iterable[str | os.Pat
         if previous is not None and previous.image_id != image_id:
             _drop_image_if_unused(store, previous.image_id)
         return get(name, store), True
-
-
-def _arch() -> str:
-    machine = os.uname().machine
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
 
 
 def _existing(store: Store, name: str) -> Environment | None:

@@ -24,7 +24,6 @@ import hashlib
 import io
 import json
 import os
-import platform
 import re
 import shutil
 import tarfile
@@ -36,6 +35,7 @@ from typing import IO, Any
 from . import __version__
 from .envs import LABEL, VENV_PATH, Environment
 from .errors import VenvoyError
+from .lock import host_arch
 from .store import Store, new_path
 
 Say = Callable[[str], None]
@@ -693,10 +693,7 @@ def import_wheelhouse(path: Path, *, store: Store, name: str | None = None, runt
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def env_arch_here() -> str:
-    """This machine's architecture as locks name it."""
-    machine = platform.machine()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+env_arch_here = host_arch  # this machine's architecture as locks name it
 
 
 __all__ = [

@@ -16,7 +16,6 @@ import posixpath
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -137,15 +136,17 @@ def _one_line(text: str, limit: int = _MAX_MESSAGE) -> str:
 
 
 def _load_toml(text: str, what: str) -> dict[str, Any]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
-    try:
-        data: dict[str, Any] = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise VenvoyError(f"{what} is not valid TOML: {_one_line(str(exc))}", "re-create the lock") from None
-    return data
+    from .config import parse_toml
+
+    return parse_toml(text, what, "re-create the lock")
+
+
+def host_arch() -> str:
+    """This machine's architecture as locks name it (x86_64, aarch64)."""
+    import platform
+
+    machine = platform.machine()
+    return _ARCH_ALIASES.get(machine.lower(), machine)
 
 
 # --------------------------------------------------------------------------- reading locks
