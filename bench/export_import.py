@@ -40,9 +40,9 @@ ROOTFS = Path(os.environ.get("VENVOY_IT_ROOTFS", "/var/cache/venvoy-it/base-root
 HELPER = """
 import json, sys
 from pathlib import Path
-from venvoy import envs
-from venvoy.archive import _zstd_module, export_archive, import_archive
-from venvoy.store import Store
+from venvoy.api import environments as envs
+from venvoy.transport.archive import _zstd_module, export_archive, import_archive
+from venvoy.store.layout import Store
 
 if sys.argv[1] == "export":
     print(export_archive(envs.get(sys.argv[3], Store(Path(sys.argv[2]))), Path(sys.argv[4])))

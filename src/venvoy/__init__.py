@@ -12,14 +12,14 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-    from .environment import VenvoyEnvironment
+    from venvoy.api.environment import VenvoyEnvironment
 
 __all__ = ["VenvoyEnvironment", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "VenvoyEnvironment":
-        from .environment import VenvoyEnvironment
+        from venvoy.api.environment import VenvoyEnvironment
 
         return VenvoyEnvironment
     raise AttributeError(f"module 'venvoy' has no attribute {name!r}")

@@ -1,5 +1,5 @@
 """``python -m venvoy``."""
 
-from .cli import entry
+from venvoy.cli.main import entry
 
 entry()

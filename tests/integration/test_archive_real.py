@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from venvoy.archive import sniff_format
+from venvoy.transport.archive import sniff_format
 
 from .conftest import REPO, unavailable
 
@@ -34,9 +34,9 @@ ROOTFS = Path(os.environ.get("VENVOY_IT_ROOTFS", "/var/cache/venvoy-it/base-root
 HELPER = """
 import sys
 from pathlib import Path
-from venvoy import envs
-from venvoy.archive import export_archive, import_archive
-from venvoy.store import Store
+from venvoy.api import environments as envs
+from venvoy.transport.archive import export_archive, import_archive
+from venvoy.store.layout import Store
 
 if sys.argv[1] == "export":
     env = envs.get(sys.argv[3], Store(Path(sys.argv[2])))

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 
-from venvoy import image
-from venvoy.bases import BaseImage, resolve_base
-from venvoy.detect import get_runtime
-from venvoy.errors import VenvoyError
-from venvoy.oci import unpack_image
+from venvoy.build.bases import BaseImage, resolve_base
+from venvoy.core.errors import VenvoyError
+from venvoy.image import oci as image
+from venvoy.image.unpack import unpack_image
+from venvoy.runtime.detect import get_runtime
 
 pytestmark = pytest.mark.integration
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from venvoy import envs, exports
-from venvoy.store import Store, digest_hex
+from venvoy.api import environments as envs
+from venvoy.store.layout import Store, digest_hex
+from venvoy.transport import exports
 
 from .conftest import BASE_ARCHIVE, TEST_USER, Target, Venvoy, unavailable
 
@@ -139,8 +140,8 @@ def test_wheelhouse_import_needs_no_index(built: Built) -> None:
                            capture_output=True, timeout=60)
     assert probe.returncode != 0
     assert not (fresh / "cache" / "wheels").exists()
-    script = ("import sys; from pathlib import Path; from venvoy.store import Store; "
-              "from venvoy.exports import import_wheelhouse; "
+    script = ("import sys; from pathlib import Path; from venvoy.store.layout import Store; "
+              "from venvoy.transport.exports import import_wheelhouse; "
               "e = import_wheelhouse(Path(sys.argv[1]), store=Store(), name='t2', runtime='podman', "
               "progress=lambda m: print(m, file=sys.stderr)); print(e.lock_hash, e.identity)")
     out = _run([sys.executable, "-c", script, str(house)], env=env, cwd=built.work)

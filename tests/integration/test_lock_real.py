@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from venvoy.errors import VenvoyError
-from venvoy.lock import (
+from venvoy.build.lock import (
     Platform,
     ResolveError,
     ca_bundle,
@@ -26,7 +25,8 @@ from venvoy.lock import (
     resolve,
     uv_binary,
 )
-from venvoy.wheels import WheelCache
+from venvoy.build.wheels import WheelCache
+from venvoy.core.errors import VenvoyError
 
 from .conftest import unavailable
 

@@ -98,5 +98,5 @@ def fakebin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeBin:
     """Fake runtimes; the host facts that decide usability are pinned so results
     do not depend on the machine (run as root, user namespaces enabled)."""
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    monkeypatch.setattr("venvoy.runtimes.charliecloud.user_namespaces_enabled", lambda: True)
+    monkeypatch.setattr("venvoy.runtime.charliecloud.user_namespaces_enabled", lambda: True)
     return FakeBin(tmp_path / "fake")

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from venvoy.errors import BadRequest, ImageNotFound
-from venvoy.request import Gpu, Mount, RunRequest
-from venvoy.runtimes import RUNTIMES, adapter_class
-from venvoy.runtimes.apptainer import Apptainer
-from venvoy.runtimes.base import Invocation, require_gpu_devices, safe_file_name
-from venvoy.runtimes.charliecloud import DEFAULT_PATH, Charliecloud
-from venvoy.runtimes.docker import Docker
-from venvoy.runtimes.enroot import Enroot
-from venvoy.runtimes.podman import Podman, has_subid_range
-from venvoy.runtimes.shifter import Shifter
-from venvoy.runtimes.singularity import Singularity
+from venvoy.core.errors import BadRequest, ImageNotFound
+from venvoy.runtime import RUNTIMES, adapter_class
+from venvoy.runtime.apptainer import Apptainer
+from venvoy.runtime.base import Invocation, require_gpu_devices, safe_file_name
+from venvoy.runtime.charliecloud import DEFAULT_PATH, Charliecloud
+from venvoy.runtime.docker import Docker
+from venvoy.runtime.enroot import Enroot
+from venvoy.runtime.podman import Podman, has_subid_range
+from venvoy.runtime.request import Gpu, Mount, RunRequest
+from venvoy.runtime.shifter import Shifter
+from venvoy.runtime.singularity import Singularity
 
 ARGV = ("python3", "-c", "import sys; print(sys.argv)", "--rm", "-v", "$HOME", "a b")
 HOST_ENV = {"PATH": "/usr/bin:/bin", "HOME": "/home/u", "USER": "u"}
@@ -141,7 +141,7 @@ def test_image_name_starting_with_dash_refused(tmp_path: Path) -> None:
 
 def nvidia_toolkit(monkeypatch: pytest.MonkeyPatch, present: bool) -> None:
     """Pretend the NVIDIA Container Toolkit is (not) installed, whatever lookup Docker uses."""
-    import venvoy.runtimes.docker as docker_module
+    import venvoy.runtime.docker as docker_module
 
     def fake_which(name, *args, **kwargs):
         return f"/usr/bin/{name}" if present and name.startswith("nvidia-container") else None
@@ -251,7 +251,7 @@ def test_podman_nvidia_uses_cdi_device(tmp_path: Path, gpu_host, monkeypatch, eu
     cdi = tmp_path / "cdi"
     cdi.mkdir()
     (cdi / "nvidia.yaml").write_text("cdiVersion: 0.5.0\n")
-    monkeypatch.setattr("venvoy.runtimes.podman.CDI_DIRS", (str(cdi),))
+    monkeypatch.setattr("venvoy.runtime.podman.CDI_DIRS", (str(cdi),))
     argv = Podman("/usr/bin/podman", HOST_ENV).invocation(request(tmp_path, gpu=Gpu.NVIDIA)).argv
     i = argv.index("--device")
     assert argv[i + 1] == "nvidia.com/gpu=all"
@@ -260,7 +260,7 @@ def test_podman_nvidia_uses_cdi_device(tmp_path: Path, gpu_host, monkeypatch, eu
 
 def test_podman_nvidia_without_cdi_spec(tmp_path: Path, gpu_host, monkeypatch) -> None:
     gpu_host("/dev/nvidiactl")
-    monkeypatch.setattr("venvoy.runtimes.podman.CDI_DIRS", (str(tmp_path / "none"),))
+    monkeypatch.setattr("venvoy.runtime.podman.CDI_DIRS", (str(tmp_path / "none"),))
     with pytest.raises(BadRequest, match="nvidia-ctk cdi generate"):
         Podman("/usr/bin/podman", HOST_ENV).invocation(request(tmp_path, gpu=Gpu.NVIDIA))
 
@@ -276,15 +276,15 @@ def test_podman_amd_groups(tmp_path: Path, gpu_host, euid, uid: int, group: str)
 
 def test_podman_rootless_without_subids_is_unusable(euid, monkeypatch) -> None:
     euid(1000)
-    monkeypatch.setattr("venvoy.runtimes.podman.user_namespaces_enabled", lambda: True)
-    monkeypatch.setattr("venvoy.runtimes.podman.has_subid_range", lambda path, user: False)
+    monkeypatch.setattr("venvoy.runtime.podman.user_namespaces_enabled", lambda: True)
+    monkeypatch.setattr("venvoy.runtime.podman.has_subid_range", lambda path, user: False)
     problem = Podman("/usr/bin/podman", HOST_ENV).problem()
     assert problem is not None and "/etc/subuid" in problem and "usermod" in problem
 
 
 def test_podman_rootless_without_userns_is_unusable(euid, monkeypatch) -> None:
     euid(1000)
-    monkeypatch.setattr("venvoy.runtimes.podman.user_namespaces_enabled", lambda: False)
+    monkeypatch.setattr("venvoy.runtime.podman.user_namespaces_enabled", lambda: False)
     assert "user namespaces" in Podman("/usr/bin/podman", HOST_ENV).problem()
 
 
@@ -403,7 +403,7 @@ def test_singularity_symlink_to_apptainer_uses_apptainerenv(tmp_path: Path, sif:
 def test_apptainer_unprivileged_without_userns_needs_setuid(tmp_path: Path, euid,
                                                             monkeypatch) -> None:
     euid(1000)
-    monkeypatch.setattr("venvoy.runtimes.apptainer.user_namespaces_enabled", lambda: False)
+    monkeypatch.setattr("venvoy.runtime.apptainer.user_namespaces_enabled", lambda: False)
     prefix = tmp_path / "apptainer"
     (prefix / "bin").mkdir(parents=True)
     binary = prefix / "bin" / "apptainer"
@@ -634,7 +634,7 @@ def test_safe_file_name(ref: str, name: str) -> None:
 
 
 def test_parse_version() -> None:
-    from venvoy.runtimes.base import Runtime
+    from venvoy.runtime.base import Runtime
     assert Runtime.parse_version("apptainer version 1.3.4-1.el9") == "1.3.4-1.el9"
     assert Runtime.parse_version("Docker version 24.0.7, build afdd53b") == "24.0.7"
     assert Runtime.parse_version("0.31\n") == "0.31"

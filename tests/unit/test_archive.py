@@ -19,16 +19,18 @@ import shutil
 import socket
 import tarfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from venvoy import archive, envs
-from venvoy.errors import VenvoyError
-from venvoy.image import add_files_layer, assemble, rootfs_to_archive
-from venvoy.lock import lock_hash
-from venvoy.store import Store
+from venvoy.build.lock import lock_hash
+from venvoy.core.errors import VenvoyError
+from venvoy.image.oci import add_files_layer, assemble, rootfs_to_archive
+from venvoy.store import records
+from venvoy.store.layout import Store
+from venvoy.transport import archive
 
 from ._archives import layer_tar
 
@@ -64,7 +66,7 @@ def make_image(tmp: Path, text: str = "hello") -> tuple[Path, str]:
 
 
 def make_env(store: Store, tmp: Path, name: str = "demo", requirements: str = "six\n",
-             sif: bool = False, text: str = "hello") -> envs.Environment:
+             sif: bool = False, text: str = "hello") -> records.Environment:
     image, image_id = make_image(tmp, text)
     dest = store.image_archive(image_id)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -76,12 +78,11 @@ def make_env(store: Store, tmp: Path, name: str = "demo", requirements: str = "s
             "identity": IDENTITY, "image_id": image_id, "lock_hash": lock_hash(LOCK),
             "created": "2026-01-01T00:00:00Z", "packages": 1, "venvoy_version": "0.1.0",
             "recipe": "1", "built_with": "podman"}
-    envs.write_env(store, data, LOCK, requirements)
-    return envs.get(name, store)
+    return records.write_env(store, records.EnvRecord.from_dict(data, "test", ""), LOCK)
 
 
 @pytest.fixture
-def source(tmp_path: Path) -> envs.Environment:
+def source(tmp_path: Path) -> records.Environment:
     return make_env(Store(tmp_path / "src-store", environ={}), tmp_path)
 
 
@@ -131,7 +132,7 @@ def zstd(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 
 # -- round trip -------------------------------------------------------------------------------
 
-def test_round_trip(source: envs.Environment, dest: Store, tmp_path: Path, compression: str) -> None:
+def test_round_trip(source: records.Environment, dest: Store, tmp_path: Path, compression: str) -> None:
     said: list[str] = []
     out = archive.export_archive(source, tmp_path, compression=compression, progress=said.append)
     assert out == tmp_path / f"demo-{source.lock_hash[:12]}{archive.SUFFIXES[compression]}"
@@ -146,7 +147,7 @@ def test_round_trip(source: envs.Environment, dest: Store, tmp_path: Path, compr
     assert not list(dest.tmp.iterdir())  # the temporary directory is gone
 
 
-def test_no_zstd_at_all_falls_back_to_gzip(source: envs.Environment, tmp_path: Path,
+def test_no_zstd_at_all_falls_back_to_gzip(source: records.Environment, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(archive, "_zstd_module", lambda: None)
     monkeypatch.setattr(archive, "_zstd_program", lambda: None)
@@ -155,7 +156,7 @@ def test_no_zstd_at_all_falls_back_to_gzip(source: envs.Environment, tmp_path: P
         archive.export_archive(source, tmp_path / "x.tar.zst")
 
 
-def test_archive_is_a_plain_tar_with_the_manifest_first(source: envs.Environment,
+def test_archive_is_a_plain_tar_with_the_manifest_first(source: records.Environment,
                                                         tmp_path: Path) -> None:
     out = archive.export_archive(source, tmp_path / "x.tar.gz")
     with tarfile.open(out, "r:gz") as tar:
@@ -176,7 +177,7 @@ def test_archive_is_a_plain_tar_with_the_manifest_first(source: envs.Environment
     assert "podman load -i" in readme and "docker-archive://" in readme and "x.tar.gz" in readme
 
 
-def test_default_output_in_the_working_directory(source: envs.Environment, tmp_path: Path,
+def test_default_output_in_the_working_directory(source: records.Environment, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     work = tmp_path / "cwd"
     work.mkdir()
@@ -186,7 +187,7 @@ def test_default_output_in_the_working_directory(source: envs.Environment, tmp_p
     assert [p.name for p in work.iterdir()] == [out.name]
 
 
-def test_output_name_picks_gzip_and_replaces_atomically(source: envs.Environment,
+def test_output_name_picks_gzip_and_replaces_atomically(source: records.Environment,
                                                         tmp_path: Path) -> None:
     target = tmp_path / "env.tar.gz"
     target.write_text("old")
@@ -194,7 +195,7 @@ def test_output_name_picks_gzip_and_replaces_atomically(source: envs.Environment
     assert out == target and out.read_bytes()[:2] == b"\x1f\x8b"
 
 
-def test_rename_force_and_idempotence(source: envs.Environment, dest: Store, tmp_path: Path) -> None:
+def test_rename_force_and_idempotence(source: records.Environment, dest: Store, tmp_path: Path) -> None:
     out = archive.export_archive(source, tmp_path, compression="gzip")
     archive.import_archive(out, store=dest)
     again = archive.import_archive(out, store=dest)  # the very same environment: a no-op
@@ -211,8 +212,8 @@ def test_rename_force_and_idempotence(source: envs.Environment, dest: Store, tmp
     image, image_id = make_image(other_dir, "different")
     other_store.image_archive(image_id).parent.mkdir(parents=True)
     shutil.move(image, other_store.image_archive(image_id))
-    envs.write_env(other_store, source.data | {"image_id": image_id}, LOCK, "six\n")
-    other = archive.export_archive(envs.get("demo", other_store), tmp_path / "other.tar.gz")
+    other_env = records.write_env(other_store, replace(source.record, image_id=image_id), LOCK)
+    other = archive.export_archive(other_env, tmp_path / "other.tar.gz")
     with pytest.raises(VenvoyError, match="already exists") as exc:
         archive.import_archive(other, store=dest)
     assert "--force" in str(exc.value)
@@ -236,14 +237,14 @@ def test_credentials_in_urls_are_not_exported(tmp_path: Path) -> None:
     assert b"s3cret" not in raw and b"https://***@example.com/pkg.whl" in raw
 
 
-def test_missing_image_is_a_clear_error(source: envs.Environment, tmp_path: Path) -> None:
+def test_missing_image_is_a_clear_error(source: records.Environment, tmp_path: Path) -> None:
     source.archive.unlink()
     with pytest.raises(VenvoyError, match="missing from the store"):
         archive.export_archive(source, tmp_path, compression="gzip")
     assert not list(tmp_path.glob("*.venvoy.tar.*"))
 
 
-def test_failed_export_leaves_no_output(source: envs.Environment, tmp_path: Path,
+def test_failed_export_leaves_no_output(source: records.Environment, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch, compression: str) -> None:
     def boom(self: Any) -> None:
         raise RuntimeError("disk on fire")
@@ -254,7 +255,7 @@ def test_failed_export_leaves_no_output(source: envs.Environment, tmp_path: Path
     assert not [p for p in tmp_path.iterdir() if ".venvoy.tar" in p.name]
 
 
-def test_failed_publish_leaves_the_store_as_it_was(source: envs.Environment, dest: Store,
+def test_failed_publish_leaves_the_store_as_it_was(source: records.Environment, dest: Store,
                                                    tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     out = archive.export_archive(source, tmp_path, compression="gzip")
@@ -262,7 +263,7 @@ def test_failed_publish_leaves_the_store_as_it_was(source: envs.Environment, des
     def boom(*_a: Any) -> None:
         raise OSError("no space left")
 
-    monkeypatch.setattr(envs, "write_env", boom)
+    monkeypatch.setattr(archive, "write_env", boom)
     with pytest.raises(OSError):
         archive.import_archive(out, store=dest)
     assert store_state(dest) == {"envs": [], "images": [], "cache/sif": []}
@@ -270,7 +271,7 @@ def test_failed_publish_leaves_the_store_as_it_was(source: envs.Environment, des
     assert archive.import_archive(out, store=dest).name == "demo"
 
 
-def test_stale_temporaries_are_cleaned(source: envs.Environment, dest: Store, tmp_path: Path) -> None:
+def test_stale_temporaries_are_cleaned(source: records.Environment, dest: Store, tmp_path: Path) -> None:
     host = archive._host()
     final = f"demo-{source.lock_hash[:12]}.venvoy.tar.gz"
     dead = 2 ** 22 + 12345  # beyond pid_max on most systems: no such process
@@ -303,7 +304,7 @@ def wheelhouse(path: Path, compress: Callable[[bytes], bytes]) -> Path:
     return path
 
 
-def test_sniff_by_content_not_name(source: envs.Environment, tmp_path: Path,
+def test_sniff_by_content_not_name(source: records.Environment, tmp_path: Path,
                                    compression: str) -> None:
     out = archive.export_archive(source, tmp_path, compression=compression)
     renamed = out.rename(tmp_path / "notes.txt")
@@ -377,7 +378,7 @@ class Kit:
 
 
 @pytest.fixture
-def kit(source: envs.Environment, tmp_path: Path) -> Kit:
+def kit(source: records.Environment, tmp_path: Path) -> Kit:
     good = archive.export_archive(source, tmp_path / "good.tar.gz")
     box = tmp_path / "hostile"
     box.mkdir()
@@ -459,7 +460,7 @@ def test_refuses_truncated_file(kit: Kit, dest: Store, tmp_path: Path, cut: floa
 
 
 @pytest.mark.parametrize("cut", [0.5, -7, -2])
-def test_refuses_truncated_zstd(source: envs.Environment, dest: Store, tmp_path: Path,
+def test_refuses_truncated_zstd(source: records.Environment, dest: Store, tmp_path: Path,
                                 zstd: str, cut: float) -> None:
     out = archive.export_archive(source, tmp_path / "a.tar.zst", compression=zstd)
     data = out.read_bytes()
@@ -467,7 +468,7 @@ def test_refuses_truncated_zstd(source: envs.Environment, dest: Store, tmp_path:
     refused(out, dest, tmp_path, "a.tar.zst", "truncated" if cut > 0 else "zstd")
 
 
-def test_refuses_data_after_the_zstd_stream(source: envs.Environment, dest: Store, tmp_path: Path,
+def test_refuses_data_after_the_zstd_stream(source: records.Environment, dest: Store, tmp_path: Path,
                                             zstd: str) -> None:
     out = archive.export_archive(source, tmp_path / "a.tar.zst", compression=zstd)
     out.write_bytes(out.read_bytes() + b"PAYLOAD" * 10)

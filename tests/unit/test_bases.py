@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from venvoy import bases, image
-from venvoy.bases import BaseImage, resolve_base
-from venvoy.errors import VenvoyError
-from venvoy.runtimes.docker import Docker
-from venvoy.runtimes.podman import Podman
+from venvoy.build import bases
+from venvoy.build.bases import BaseImage, resolve_base
+from venvoy.core.errors import VenvoyError
+from venvoy.image import oci as image
+from venvoy.runtime.docker import Docker
+from venvoy.runtime.podman import Podman
 
 from ._archives import layer_tar
 from .conftest import FakeBin

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from venvoy import __version__
-from venvoy.cli import _split_command, format_runtime_info, main
+from venvoy.cli.main import _split_command, format_runtime_info, main
 
 from ._archives import docker_archive, layer_tar
 
@@ -280,7 +280,7 @@ FIELDS = ("image", "runtime", "workdir", "gpu", "mount", "env", "env_pass", "tty
 
 
 def parse_both(words: list[str]):
-    from venvoy.cli import build_parser, fast_run_args
+    from venvoy.cli.main import build_parser, fast_run_args
 
     fast = fast_run_args(words)
     head, command = _split_command(["run", *words])
@@ -326,7 +326,7 @@ def test_fast_parser_agrees_with_argparse(capsys, words: list[str]) -> None:
     ["stray", "--image", "i", "--", "x"],
 ])
 def test_fast_parser_leaves_unusual_lines_to_argparse(words: list[str]) -> None:
-    from venvoy.cli import fast_run_args
+    from venvoy.cli.main import fast_run_args
 
     assert fast_run_args(words) is None
 

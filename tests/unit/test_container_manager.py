@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 import venvoy
-from venvoy.container_manager import ContainerManager, ContainerRuntime
-from venvoy.errors import VenvoyError
-from venvoy.runtimes import RUNTIMES
+from venvoy.api.container_manager import ContainerManager, ContainerRuntime
+from venvoy.core.errors import VenvoyError
+from venvoy.runtime import RUNTIMES
 
 
 def test_container_runtime_values() -> None:
@@ -165,7 +165,7 @@ def test_venvoy_environment_errors_do_not_accumulate_tracebacks() -> None:
 
 
 def test_errors_module_exit_code_and_str() -> None:
-    from venvoy.errors import EXIT_VENVOY_ERROR, BadRequest
+    from venvoy.core.errors import EXIT_VENVOY_ERROR, BadRequest
 
     err = BadRequest("bad thing", "do this")
     assert str(err) == "bad thing; do this"

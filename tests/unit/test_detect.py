@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from venvoy.detect import (
+from venvoy.core.errors import BadRequest, RuntimeNotFound, VenvoyError
+from venvoy.runtime.detect import (
     PRIORITY_DESKTOP,
     PRIORITY_HPC,
     choose_runtime,
@@ -17,7 +18,6 @@ from venvoy.detect import (
     normalize_name,
     runtime_info,
 )
-from venvoy.errors import BadRequest, RuntimeNotFound, VenvoyError
 
 ALL_FAKES = ("docker", "podman", "apptainer", "singularity", "ch-run", "shifter", "enroot")
 

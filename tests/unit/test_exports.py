@@ -8,16 +8,19 @@ import io
 import json
 import os
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from venvoy import envs, exports
-from venvoy import lock as locking
-from venvoy.envs import Environment
-from venvoy.errors import VenvoyError
-from venvoy.store import Store
+from venvoy.build import lock as locking
+from venvoy.build.environment import seed_wheel_cache
+from venvoy.core.errors import DamagedError, VenvoyError
+from venvoy.store import records
+from venvoy.store.layout import Store
+from venvoy.store.records import Environment
+from venvoy.transport import exports
 
 HEX = "ab" * 32
 
@@ -52,8 +55,7 @@ def make_env(tmp_path: Path, **extra: Any) -> Environment:
         "lock_hash": locking.lock_hash(text), "inputs": "00" * 32, "built_with": "podman",
         "packages": 2, "created": "2026-01-02T03:04:05Z", "venvoy_version": "0.1.0", "recipe": "1",
     } | extra
-    envs.write_env(store, data, text, data["requirements"])
-    return envs.get("t", store)
+    return records.write_env(store, records.EnvRecord.from_dict(data, "test", ""), text)
 
 
 @pytest.fixture
@@ -115,9 +117,9 @@ def test_generated_text_refuses_bad_base(env: Environment) -> None:
     ("venvoy_version", "1 2"), ("base_image_id", "sha256:zz"), ("glibc", "2.36; rm"),
 ])
 def test_bad_record_values_are_refused(tmp_path: Path, key: str, value: str) -> None:
-    env = make_env(tmp_path, **{key: value})
-    with pytest.raises(VenvoyError, match=f"bad {key}") as info:
-        exports.containerfile_text(env, arch="x86_64", base="python:3.11-slim")
+    """A forged record never reaches generated text: reading it is one clear error."""
+    with pytest.raises(DamagedError, match=f"'{key}'") as info:
+        make_env(tmp_path, **{key: value})
     assert "\n" not in info.value.message
 
 
@@ -261,7 +263,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         got["wheels"] = sorted(p.name for p in kw["wheel_dirs"][0].iterdir())
         return "ENV", True
 
-    monkeypatch.setattr(envs, "init", init)
+    monkeypatch.setattr("venvoy.build.environment.init", init)
     monkeypatch.setattr(exports, "env_arch_here", lambda: "x86_64")
     return got
 
@@ -287,7 +289,7 @@ def test_import_base_override_and_existing(env: Environment, house: Path,
                                            captured: dict[str, Any]) -> None:
     exports.import_wheelhouse(house, store=env.store, name="t", base="/srv/b.tar")
     assert captured["base"] == "/srv/b.tar"  # same name, same lock: init decides what to do
-    envs.write_env(env.store, env.data | {"lock_hash": "00" * 32}, "x", "y")
+    records.write_env(env.store, replace(env.record, lock_hash=locking.lock_hash("x")), "x")
     with pytest.raises(VenvoyError, match="already exists with another lock"):
         exports.import_wheelhouse(house, store=env.store)
     exports.import_wheelhouse(house, store=env.store, force=True)
@@ -301,13 +303,13 @@ def test_real_init_is_seeded_from_the_wheelhouse(env: Environment, house: Path, 
     store = Store(tmp_path / "fresh")
 
     def init(name: str, **kw: Any) -> tuple[str, bool]:
-        from venvoy.wheels import WheelCache
+        from venvoy.build.wheels import WheelCache
 
         files = locking.files_to_fetch(locking.parse(kw["lock_text"]))
-        assert envs.seed_wheel_cache(WheelCache(store.wheels), files, kw["wheel_dirs"]) == 2
+        assert seed_wheel_cache(WheelCache(store.wheels), files, kw["wheel_dirs"]) == 2
         return "ENV", True
 
-    monkeypatch.setattr(envs, "init", init)
+    monkeypatch.setattr("venvoy.build.environment.init", init)
     exports.import_wheelhouse(house, store=store)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from venvoy.hpc import HpcSignal, detect_hpc, hostname_is_hpc
+from venvoy.runtime.hpc import HpcSignal, detect_hpc, hostname_is_hpc
 
 
 @pytest.mark.parametrize(

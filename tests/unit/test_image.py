@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from venvoy import image
-from venvoy.errors import VenvoyError
-from venvoy.oci import unpack_image
+from venvoy.core.errors import VenvoyError
+from venvoy.image import oci as image
+from venvoy.image.unpack import unpack_image
 
 from ._archives import docker_archive, layer_tar, oci_archive
 

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from venvoy import lock
-from venvoy.errors import VenvoyError
-from venvoy.lock import (
+from venvoy.build import lock
+from venvoy.build.lock import (
     LockedFile,
     LockedPackage,
     Platform,
@@ -25,6 +24,7 @@ from venvoy.lock import (
     requirements_txt,
     resolve,
 )
+from venvoy.core.errors import VenvoyError
 
 H = {c: c * 64 for c in "abcdef"}
 PYPI = "https://files.pythonhosted.org/packages/00/11"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from venvoy.errors import VenvoyError
-from venvoy.oci import unpack_image
+from venvoy.core.errors import VenvoyError
+from venvoy.image.unpack import unpack_image
 
 from ._archives import _add, docker_archive, layer_tar, oci_archive
 
@@ -299,7 +299,7 @@ def test_bad_digest_in_oci_index(tmp_path: Path) -> None:
 
 
 def test_charliecloud_load_archive_unpacks_under_dest(tmp_path: Path) -> None:
-    from venvoy.runtimes.charliecloud import Charliecloud
+    from venvoy.runtime.charliecloud import Charliecloud
 
     archive = docker_archive(tmp_path / "i.tar", [layer_tar([("file", "hello", "hi")])])
     ch = Charliecloud("/usr/bin/ch-run", {"USER": "u"})

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from venvoy.config import load_config
-from venvoy.errors import VenvoyError
-from venvoy.paths import cache_dir, config_file
+from venvoy.core.config import load_config
+from venvoy.core.errors import VenvoyError
+from venvoy.core.paths import cache_dir, config_file
 
 
 def test_venvoy_home_holds_everything(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from venvoy.errors import BadRequest
-from venvoy.request import Gpu, Mount, RunRequest, make_request, parse_env
+from venvoy.core.errors import BadRequest
+from venvoy.runtime.request import Gpu, Mount, RunRequest, make_request, parse_env
 
 
 def one_line(exc: BaseException) -> str:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from venvoy.errors import ImageNotFound
-from venvoy.request import RunRequest
-from venvoy.runner import exec_run, run
-from venvoy.runtimes.apptainer import Apptainer
-from venvoy.runtimes.docker import Docker
+from venvoy.core.errors import ImageNotFound
+from venvoy.runtime.apptainer import Apptainer
+from venvoy.runtime.docker import Docker
+from venvoy.runtime.request import RunRequest
+from venvoy.runtime.runner import exec_run, run
 
 
 class Execed(Exception):

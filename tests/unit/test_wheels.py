@@ -13,9 +13,9 @@ from typing import ClassVar
 
 import pytest
 
-from venvoy.errors import VenvoyError
-from venvoy.lock import LockedFile
-from venvoy.wheels import WheelCache
+from venvoy.build.lock import LockedFile
+from venvoy.build.wheels import WheelCache
+from venvoy.core.errors import VenvoyError
 
 
 def source(tmp_path: Path, name: str, data: bytes) -> tuple[Path, LockedFile]:
@@ -166,7 +166,7 @@ def test_no_partial_file_after_a_failure(tmp_path: Path, cache: WheelCache,
         return Broken(), 5000
 
     monkeypatch.setattr(WheelCache, "_open", broken_open)
-    monkeypatch.setattr("venvoy.wheels.time.sleep", lambda s: None)
+    monkeypatch.setattr("venvoy.build.wheels.time.sleep", lambda s: None)
     with pytest.raises(VenvoyError, match=r"cannot download a-1\.0-py3-none-any\.whl.*connection reset"):
         cache.fetch([f])
     assert len(opened) == 3  # retried
@@ -258,7 +258,7 @@ def test_http_not_found(server: str, cache: WheelCache) -> None:
 
 
 def test_http_unreachable(cache: WheelCache, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("venvoy.wheels.time.sleep", lambda s: None)
+    monkeypatch.setattr("venvoy.build.wheels.time.sleep", lambda s: None)
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     f = LockedFile("http://127.0.0.1:9/a-1.0.tar.gz", "a-1.0.tar.gz", "a" * 64, None)
     expected = re.escape("cannot download a-1.0.tar.gz from http://127.0.0.1:9/")

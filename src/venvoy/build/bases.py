@@ -1,0 +1,657 @@
+"""Where an environment's base image comes from.
+
+In order of preference, for ``venvoy create --python X.Y`` with no ``--base``:
+
+1. the official ``python:X.Y-slim`` image, pulled with Docker or Podman and
+   saved to a Docker archive in the store (skipped offline, or when no
+   registry answers: a registry that cannot be reached is found out in
+   seconds, never waited on);
+2. a Debian root file system bootstrapped with ``mmdebstrap`` from Debian's
+   mirror, whose ``python3`` is X.Y (3.11: bookworm, 3.13: trixie). It needs
+   no registry and no container runtime, and is built once per store.
+
+``--base`` names a tar (a Docker or OCI archive, or a plain root file system
+tar) or an image reference (a local Docker/Podman image, else pulled).
+
+Every base lands in ``<store>/bases/`` as a read-only Docker archive with a
+small JSON record beside it (image ID, Python, glibc, where it came from), so
+asking again costs a file read. Entries are made under a file lock, with a
+re-check once the lock is held, under a temporary name then renamed: many
+processes asking at once make it exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from venvoy.core.errors import VenvoyError
+from venvoy.image.oci import ImageInfo, copy_as_docker_archive, host_architecture, inspect_archive, open_layers, rootfs_to_archive
+from venvoy.core.fs import sha256_file
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from venvoy.runtime.base import Runtime
+
+#: Python version -> the Debian suite whose ``python3`` it is.
+OFFLINE_SUITES = {"3.11": "bookworm", "3.13": "trixie"}
+#: Python versions with an official ``python:X.Y-slim`` image.
+KNOWN_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
+#: glibc of Debian and Ubuntu releases, when the libc file itself says nothing.
+CODENAME_GLIBC = {
+    "buster": "2.28", "bullseye": "2.31", "bookworm": "2.36", "trixie": "2.41", "forky": "2.41",
+    "focal": "2.31", "jammy": "2.35", "noble": "2.39",
+}
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_REGISTRY = "docker.io/library"
+BOOTSTRAP_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
+#: Seconds to wait for a TCP connection to a registry before calling it unreachable.
+PROBE_TIMEOUT_S = 5.0
+_DEBIAN_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
+                "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64", "i686": "i386",
+                "i386": "i386", "armv7l": "armhf"}
+_RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    """A base image ready to build on."""
+
+    archive: Path  # a docker-archive in the store, read-only after creation
+    image_id: str  # ImageInfo.image_id of that archive
+    python: str  # "3.11"
+    glibc: str  # "2.36"
+    source: str  # human text: where it came from
+
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+# -- entry point -----------------------------------------------------------------------
+
+def resolve_base(python: str, base: str | None, *, store: Path, runtime: Runtime | None,
+                 offline: bool = False, progress: Progress | None = None) -> BaseImage:
+    """The base image for an environment with Python ``python`` (see the module doc)."""
+    say = progress or _quiet
+    if python not in KNOWN_PYTHONS:
+        raise VenvoyError(f"unknown Python version {python!r}",
+                          "choose one of " + ", ".join(KNOWN_PYTHONS))
+    bases = Path(store) / "bases"
+    if base:
+        found = _from_base_arg(base, bases, runtime, offline, say)
+        return _check_python(found, python)
+    tried: list[str] = []
+    if not offline:
+        ref = official_reference(python)
+        if runtime is not None and runtime.name in ("docker", "podman"):
+            try:
+                return _check_python(_from_reference(ref, bases, runtime, say), python)
+            except VenvoyError as exc:
+                tried.append(_one_line(exc.message))
+                if python in OFFLINE_SUITES:
+                    say(f"{_one_line(exc.message)}; falling back to a Debian bootstrap")
+        else:
+            what = runtime.name if runtime is not None else "no runtime"
+            tried.append(f"pull {ref}: needs Docker or Podman ({what} chosen)")
+            if python in OFFLINE_SUITES:
+                say(f"no Docker or Podman to pull {ref} with ({what} chosen); using a Debian bootstrap")
+    suite = OFFLINE_SUITES.get(python)
+    if suite is None:
+        choices = " or ".join(f"{v} ({s})" for v, s in OFFLINE_SUITES.items())
+        if offline:
+            raise VenvoyError(
+                f"no offline base for Python {python}: Debian bootstrap gives {choices}",
+                f"pass --base with a Python {python} image or tar, or go online")
+        raise VenvoyError(
+            f"no base image for Python {python}: {'; '.join(tried)}; "
+            f"a Debian bootstrap gives only {choices}",
+            f"pass --base with a Python {python} image or tar, or make a registry reachable")
+    try:
+        return _check_python(bootstrap(suite, bases, progress=say), python)
+    except VenvoyError as exc:
+        if not tried:
+            raise
+        tried.append(f"Debian {suite} bootstrap: {_one_line(exc.message)}")
+        raise VenvoyError(
+            f"no base image for Python {python}: {'; '.join(tried)}",
+            f"pass --base with a Python {python} image or tar, make a registry reachable, "
+            "or set VENVOY_DEBIAN_MIRROR to a reachable Debian mirror") from None
+
+
+def official_reference(python: str) -> str:
+    """The official image for a Python version (``VENVOY_BASE_REGISTRY`` replaces docker.io/library)."""
+    registry = os.environ.get("VENVOY_BASE_REGISTRY", "").strip().rstrip("/") or DEFAULT_REGISTRY
+    return f"{registry}/python:{python}-slim"
+
+
+def _check_python(found: BaseImage, python: str) -> BaseImage:
+    if found.python != python:
+        raise VenvoyError(f"base image {found.source} has Python {found.python}, not {python}",
+                          f"use --python {found.python}, or a base image with Python {python}")
+    return found
+
+
+def _one_line(text: str, limit: int = 240) -> str:
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    line = lines[-1] if lines else "(no output)"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# -- the store's records -----------------------------------------------------------------
+
+def _record_path(bases: Path, key: str) -> Path:
+    return bases / f"{key}.json"
+
+
+def _cached(bases: Path, key: str) -> BaseImage | None:
+    """The stored base under ``key`` if it is complete, else None."""
+    try:
+        data = json.loads(_record_path(bases, key).read_text())
+        archive = bases / data["archive"]
+        if data.get("version") != _RECORD_VERSION or archive.stat().st_size != data["size"]:
+            return None
+        return BaseImage(archive, data["image_id"], data["python"], data["glibc"], data["source"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _publish(bases: Path, key: str, tmp_archive: Path, source: str,
+             extra: dict[str, Any] | None = None) -> BaseImage:
+    """Inspect a finished archive, move it into place read-only, write its record."""
+    info = inspect_archive(tmp_archive)
+    python, glibc = detect_python_glibc(tmp_archive, info)
+    archive = bases / f"{key}.tar"
+    tmp_archive.chmod(0o444)
+    os.replace(tmp_archive, archive)
+    record = {"version": _RECORD_VERSION, "archive": archive.name, "size": archive.stat().st_size,
+              "image_id": info.image_id, "python": python, "glibc": glibc, "source": source,
+              **(extra or {})}
+    tmp_record = _tmp(bases, f"{key}.json")
+    tmp_record.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp_record, _record_path(bases, key))
+    return BaseImage(archive, info.image_id, python, glibc, source)
+
+
+def _tmp(bases: Path, name: str) -> Path:
+    return bases / f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+
+
+class _Locked:
+    """A per-key file lock; says so when another process holds it."""
+
+    def __init__(self, bases: Path, key: str, say: Progress) -> None:
+        import filelock
+
+        bases.mkdir(parents=True, exist_ok=True)
+        self.path = bases / f"{key}.lock"
+        self.lock = filelock.FileLock(str(self.path))
+        self.say = say
+
+    def __enter__(self) -> None:
+        import filelock
+
+        try:
+            self.lock.acquire(timeout=0)
+            return
+        except filelock.Timeout:
+            self.say(f"waiting for another venvoy that is making the same base image ({self.path})")
+        timeout = float(os.environ.get("VENVOY_LOCK_TIMEOUT", "1800"))
+        try:
+            self.lock.acquire(timeout=timeout)
+        except filelock.Timeout:
+            raise VenvoyError(f"waited {timeout:.0f} s for the lock {self.path}",
+                              "another venvoy is still making this base image; "
+                              "if none is running, delete the lock file") from None
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
+# -- Debian bootstrap ------------------------------------------------------------------
+
+def debian_architecture() -> str:
+    machine = platform.machine().lower()
+    return _DEBIAN_ARCH.get(machine, machine)
+
+
+def bootstrap(suite: str, bases: Path, *, progress: Progress | None = None) -> BaseImage:
+    """A Debian ``suite`` root file system with Python, made with mmdebstrap, cached by suite+arch."""
+    say = progress or _quiet
+    arch = debian_architecture()
+    key = f"debian-{suite}-{arch}"
+    found = _cached(bases, key)
+    if found is not None:
+        return found
+    with _Locked(bases, key, say):
+        found = _cached(bases, key)  # made by another process while we waited
+        if found is not None:
+            return found
+        mmdebstrap = shutil.which("mmdebstrap")
+        if mmdebstrap is None:
+            raise VenvoyError("mmdebstrap is not installed, so no Debian base can be bootstrapped",
+                              "install it (`apt install mmdebstrap`) or pass --base with an image or tar")
+        mirror = os.environ.get("VENVOY_DEBIAN_MIRROR", "").strip() or DEFAULT_MIRROR
+        rootfs = _tmp(bases, f"{key}-rootfs.tar")
+        tmp_archive = _tmp(bases, f"{key}.tar")
+        log = bases / f"{key}.log"
+        argv = [mmdebstrap, "--variant=minbase", "--format=tar", f"--architectures={arch}",
+                "--include=" + ",".join(BOOTSTRAP_PACKAGES)]
+        if os.geteuid() != 0:
+            argv.append("--mode=unshare")
+        argv += [suite, str(rootfs), mirror]
+        say(f"bootstrapping Debian {suite} ({arch}) with mmdebstrap from {mirror} "
+            "(about half a minute, once per store)")
+        started = time.monotonic()
+        try:
+            with open(log, "wb") as fh:
+                proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
+            if proc.returncode != 0:
+                raise VenvoyError(
+                    f"mmdebstrap {suite} failed (exit {proc.returncode}): {_log_error(log)}",
+                    f"full log: {log}; check that {mirror} is reachable (VENVOY_DEBIAN_MIRROR)")
+            rootfs_to_archive(rootfs, tmp_archive, repo_tag=f"localhost/venvoy-base:debian-{suite}",
+                              architecture=host_architecture())
+            found = _publish(bases, key, tmp_archive, f"Debian {suite} bootstrap (mmdebstrap)",
+                             {"suite": suite, "arch": arch, "mirror": mirror})
+        except OSError as exc:
+            raise VenvoyError(f"bootstrapping Debian {suite} failed: {exc}") from None
+        finally:
+            rootfs.unlink(missing_ok=True)
+            tmp_archive.unlink(missing_ok=True)
+        log.unlink(missing_ok=True)
+        say(f"bootstrapped Debian {suite} in {time.monotonic() - started:.0f} s: Python {found.python}, "
+            f"glibc {found.glibc}")
+        return found
+
+
+def _log_error(log: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    errors = [ln for ln in lines if ln.startswith(("E:", "error", "Error"))]
+    return _one_line(errors[0] if errors else "\n".join(lines[-1:]))
+
+
+# -- --base: a tar or an image reference -----------------------------------------------
+
+def _looks_like_path(base: str) -> bool:
+    return (base.startswith(("/", "./", "../", "~")) or base.endswith((".tar", ".tar.gz", ".tgz", ".oci"))
+            or os.path.exists(base))
+
+
+def _from_base_arg(base: str, bases: Path, runtime: Runtime | None, offline: bool,
+                   say: Progress) -> BaseImage:
+    if _looks_like_path(base):
+        path = Path(base).expanduser()
+        if not path.is_file():
+            raise VenvoyError(f"base {base}: no such file",
+                              "pass a `docker save`/`podman save` tar, a root file system tar, "
+                              "or an image reference")
+        return from_tar(path, bases, progress=say)
+    return _from_reference(base, bases, runtime, say, pull=not offline)
+
+
+def _tar_kind(path: Path) -> str:
+    """"image" (docker-archive or OCI layout), "rootfs", or a VenvoyError."""
+    try:
+        with tarfile.open(path, mode="r:*") as tar:
+            names = set()
+            for member in tar:
+                name = member.name
+                while name.startswith("./"):
+                    name = name[2:]
+                names.add(name.rstrip("/"))
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        raise VenvoyError(f"base {path} is not a readable tar: {exc}") from None
+    if "manifest.json" in names or "index.json" in names:
+        return "image"
+    if {"etc", "usr", "bin"} & names or any(n.startswith(("etc/", "usr/")) for n in names):
+        return "rootfs"
+    raise VenvoyError(f"base {path} is neither an image archive nor a root file system tar",
+                      "pass a `docker save`/`podman save` tar or a tar of a root file system")
+
+
+def from_tar(path: Path, bases: Path, *, progress: Progress | None = None) -> BaseImage:
+    """A base from a tar: an image archive copied into the store, or a root file system wrapped.
+
+    Keyed by the tar's content; the (path, size, mtime) of the tar is remembered
+    so that asking again with the same file does not read it again.
+    """
+    say = progress or _quiet
+    path = Path(path).absolute()
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise VenvoyError(f"base {path}: {exc.strerror}") from None
+    stamp = {"src_path": str(path), "src_size": st.st_size, "src_mtime_ns": st.st_mtime_ns}
+    for record in sorted(bases.glob("file-*.json")) if bases.is_dir() else []:
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError):
+            continue
+        if all(data.get(k) == v for k, v in stamp.items()):
+            found = _cached(bases, record.stem)
+            if found is not None:
+                return found
+    say(f"reading base {path}")
+    try:
+        key = f"file-{sha256_file(path)[:32]}"
+    except OSError as exc:
+        raise VenvoyError(f"cannot read base {path}: {exc.strerror}") from None
+    with _Locked(bases, key, say):
+        found = _cached(bases, key)
+        if found is not None:
+            _update_record(bases, key, stamp)
+            return found
+        kind = _tar_kind(path)
+        tmp_archive = _tmp(bases, f"{key}.tar")
+        try:
+            if kind == "rootfs":
+                say(f"wrapping the root file system {path} as an image")
+                rootfs_to_archive(path, tmp_archive, repo_tag=None)
+            elif _is_plain_docker_archive(path):
+                shutil.copyfile(path, tmp_archive)
+            else:  # OCI layout, or compressed layers: rewrite as a docker-archive, same image ID
+                say(f"converting {path} to a Docker archive")
+                copy_as_docker_archive(path, tmp_archive)
+            return _publish(bases, key, tmp_archive, str(path), stamp)
+        except OSError as exc:
+            raise VenvoyError(f"cannot copy base {path} into the store: {exc}") from None
+        finally:
+            tmp_archive.unlink(missing_ok=True)
+
+
+def _update_record(bases: Path, key: str, extra: dict[str, Any]) -> None:
+    try:
+        record = _record_path(bases, key)
+        data = json.loads(record.read_text())
+        data.update(extra)
+        tmp = _tmp(bases, record.name)
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, record)
+    except (OSError, ValueError):
+        pass  # only a cache hint
+
+
+def _is_plain_docker_archive(path: Path) -> bool:
+    """An uncompressed docker-archive whose layers are uncompressed: usable as it is."""
+    with open(path, "rb") as fh:
+        if fh.read(2) == b"\x1f\x8b":
+            return False
+    with tarfile.open(path, mode="r:") as tar:
+        manifest_fh = tar.extractfile("manifest.json") if "manifest.json" in tar.getnames() else None
+        if manifest_fh is None:
+            return False
+        with manifest_fh:
+            manifest = json.load(manifest_fh)
+        for layer in manifest[0].get("Layers") or []:
+            layer_fh = tar.extractfile(layer)
+            if layer_fh is None:
+                return False
+            with layer_fh:
+                if layer_fh.read(2) == b"\x1f\x8b":
+                    return False
+    return True
+
+
+# -- image references: Docker / Podman ------------------------------------------------
+
+def _runtime_run(runtime: Runtime, args: list[str], timeout: float | None = None,
+                 ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([runtime.path, *args], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, env=dict(runtime.environ), timeout=timeout)
+
+
+def _local_image_id(runtime: Runtime, ref: str) -> str | None:
+    try:
+        proc = _runtime_run(runtime, ["image", "inspect", "--format", "{{.Id}}", ref], timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not out:
+        return None
+    image_id = out[0].strip()
+    return image_id if image_id.startswith("sha256:") else f"sha256:{image_id}"
+
+
+def registry_endpoint(ref: str) -> tuple[str, int] | None:
+    """(host, port) of the registry an image reference is pulled from; None when not worth probing."""
+    first, sep, _rest = ref.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        host = first
+    else:
+        return ("registry-1.docker.io", 443)
+    if host in ("docker.io", "index.docker.io"):
+        return ("registry-1.docker.io", 443)
+    port: int | None = None
+    match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\](?::(\d+))?|([^:]+)(?::(\d+))?", host)
+    if match is None:
+        return None
+    name = match.group(1) or match.group(3)
+    digits = match.group(2) or match.group(4)
+    if digits:
+        port = int(digits)
+    if port is None:
+        if name in ("localhost", "127.0.0.1", "::1"):
+            return None  # plain-HTTP loopback registries: let the runtime decide
+        port = 443
+    return (name, port)
+
+
+def _proxied(environ: dict[str, str]) -> bool:
+    return any(environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                                        "ALL_PROXY", "all_proxy"))
+
+
+def probe_registry(ref: str, environ: dict[str, str], timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the registry of ``ref`` cannot be reached, or None if it can (or cannot be told).
+
+    A TCP connection with a short timeout, in a thread so that a DNS lookup that
+    hangs cannot hold us either. Skipped behind a proxy (the runtime knows the
+    way) and with ``VENVOY_REGISTRY_PROBE=0`` (e.g. a daemon with a mirror).
+    """
+    if os.environ.get("VENVOY_REGISTRY_PROBE", "1") == "0" or _proxied(environ):
+        return None
+    endpoint = registry_endpoint(ref)
+    if endpoint is None:
+        return None
+    host, port = endpoint
+    result: list[str | None] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                result.append(None)
+        except OSError as exc:
+            result.append(exc.strerror or str(exc))
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout + 1)
+    if not result:
+        return f"registry {host}:{port} did not answer within {timeout:.0f} s"
+    return None if result[0] is None else f"registry {host}:{port} unreachable: {result[0]}"
+
+
+def _pull(runtime: Runtime, ref: str, say: Progress) -> None:
+    problem = probe_registry(ref, dict(runtime.environ))
+    if problem:
+        raise VenvoyError(f"cannot pull {ref}: {problem}",
+                          "pass --base with an image tar or a local image, or use --offline")
+    timeout = float(os.environ.get("VENVOY_PULL_TIMEOUT", "900"))
+    say(f"pulling {ref} with {runtime.name}")
+    try:
+        proc = _runtime_run(runtime, ["pull", ref], timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise VenvoyError(f"{runtime.name} pull {ref} took more than {timeout:.0f} s",
+                          "set VENVOY_PULL_TIMEOUT, or pass --base with an image tar") from None
+    except OSError as exc:
+        raise VenvoyError(f"cannot run {runtime.path}: {exc.strerror}") from None
+    if proc.returncode != 0:
+        raise VenvoyError(f"{runtime.name} pull {ref} failed: {_one_line(proc.stderr or proc.stdout)}",
+                          "check the name, or pass --base with an image tar or a local image")
+
+
+def _qualified(ref: str) -> str:
+    """``python:3.11-slim`` -> ``docker.io/library/python:3.11-slim`` (Podman will not guess)."""
+    first, sep, _rest = ref.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return ref
+    return f"docker.io/{ref}" if sep else f"docker.io/library/{ref}"
+
+
+def _from_reference(ref: str, bases: Path, runtime: Runtime | None, say: Progress, *,
+                    pull: bool = True) -> BaseImage:
+    """A base from an image Docker or Podman has (or pulls): saved into the store, keyed by image ID."""
+    if runtime is None or runtime.name not in ("docker", "podman"):
+        what = runtime.name if runtime is not None else "no container runtime"
+        raise VenvoyError(
+            f"base image {ref} needs Docker or Podman to read it ({what} is in use)",
+            f"save it to a tar where Docker or Podman is (`docker save -o base.tar {ref}`) and "
+            "pass --base base.tar")
+    image_id = _local_image_id(runtime, ref)
+    name = ref
+    if image_id is None:
+        name = _qualified(ref)
+        if name != ref:
+            image_id = _local_image_id(runtime, name)
+    if image_id is None:
+        if not pull:
+            raise VenvoyError(f"base image {ref} is not in {runtime.name}'s local images and "
+                              "--offline forbids pulling it",
+                              "pull or load it first, pass a tar with --base, or go online")
+        _pull(runtime, name, say)
+        image_id = _local_image_id(runtime, name)
+        if image_id is None:
+            raise VenvoyError(f"{runtime.name} pulled {name} but cannot find it now")
+    key = f"{runtime.name}-{image_id.partition(':')[2][:32]}"
+    found = _cached(bases, key)
+    if found is not None:
+        return found
+    with _Locked(bases, key, say):
+        found = _cached(bases, key)
+        if found is not None:
+            return found
+        tmp_archive = _tmp(bases, f"{key}.tar")
+        say(f"saving {name} from {runtime.name} into the store")
+        args = ["save", "-o", str(tmp_archive)]
+        if runtime.name == "podman":
+            args += ["--format", "docker-archive"]
+        try:
+            # by ID: exactly the image looked at above, even if the tag moves meanwhile
+            proc = _runtime_run(runtime, [*args, image_id.partition(":")[2]])
+            if proc.returncode != 0:
+                raise VenvoyError(f"{runtime.name} save {name} failed: {_one_line(proc.stderr)}",
+                                  "check the disk space of the store")
+            return _publish(bases, key, tmp_archive, name, {"ref": name, "runtime": runtime.name,
+                                                            "runtime_image_id": image_id})
+        except OSError as exc:
+            raise VenvoyError(f"cannot save {name} into the store: {exc}") from None
+        finally:
+            tmp_archive.unlink(missing_ok=True)
+
+
+# -- what is inside: Python and glibc --------------------------------------------------
+
+_PY_BIN = re.compile(r"(?:usr/(?:local/)?)?bin/python(3\.\d+)")
+_PY3_LINK = re.compile(r"(?:usr/(?:local/)?)?bin/python3")
+_LIBC = re.compile(r"(?:usr/)?lib(?:32|64|/[^/]+-linux-gnu)?/libc\.so\.6")
+_LIBC_VERSIONED = re.compile(r"(?:usr/)?lib(?:32|64|/[^/]+-linux-gnu)?/libc-(\d+\.\d+)\.so")
+_LIBC_TEXT = re.compile(rb"GNU C Library[^\n]*?(?:release )?version (\d+\.\d+)")
+_MUSL = re.compile(r"(?:usr/)?lib/ld-musl-[^/]+\.so\.1")
+_OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
+
+
+def _parse_python_env(config: dict[str, Any]) -> str | None:
+    for item in (config.get("config") or {}).get("Env") or []:
+        key, _, value = str(item).partition("=")
+        if key == "PYTHON_VERSION":
+            match = re.match(r"(\d+\.\d+)", value)
+            if match:
+                return match.group(1)
+    return None
+
+
+def detect_python_glibc(archive: Path, info: ImageInfo | None = None) -> tuple[str, str]:
+    """The Python (X.Y) and glibc versions of an image, read from its config and files.
+
+    No container is started: ``PYTHON_VERSION`` in the config (official images)
+    or ``bin/python3.X`` in the layers gives Python; the version string inside
+    ``libc.so.6`` (or a ``libc-X.Y.so`` name, or the release's codename) gives glibc.
+    """
+    info = info or inspect_archive(archive)
+    python = _parse_python_env(info.config)
+    pythons: set[str] = set()
+    py3_link: str | None = None
+    glibc: str | None = None
+    codename: str | None = None
+    musl = False
+    with open_layers(archive) as layers:
+        for layer in layers:
+            for member in layer:
+                name = member.name
+                while name.startswith("./"):
+                    name = name[2:]
+                name = name.lstrip("/")
+                if (m := _PY_BIN.fullmatch(name)) and (member.isfile() or member.issym()):
+                    pythons.add(m.group(1))
+                elif _PY3_LINK.fullmatch(name) and member.issym():
+                    target = os.path.basename(member.linkname)
+                    py3_link = target[len("python"):] if re.fullmatch(r"python3\.\d+", target) else py3_link
+                elif _LIBC.fullmatch(name):
+                    if member.issym():
+                        m = re.fullmatch(r"libc-(\d+\.\d+)\.so", os.path.basename(member.linkname))
+                        glibc = m.group(1) if m else glibc
+                    elif member.isfile() and member.size < 64 << 20:
+                        fh = layer.extractfile(member)
+                        if fh is not None:
+                            m2 = _LIBC_TEXT.search(fh.read())
+                            glibc = m2.group(1).decode() if m2 else glibc
+                elif m := _LIBC_VERSIONED.fullmatch(name):
+                    glibc = glibc or m.group(1)
+                elif name in _OS_RELEASE and member.isfile() and member.size < 1 << 16:
+                    fh = layer.extractfile(member)
+                    if fh is not None:
+                        text = fh.read().decode(errors="replace")
+                        m3 = re.search(r"^VERSION_CODENAME=\"?([a-z]+)", text, re.MULTILINE)
+                        codename = m3.group(1) if m3 else codename
+                elif _MUSL.fullmatch(name):
+                    musl = True
+    if python is None:
+        if py3_link and py3_link in pythons:
+            python = py3_link
+        elif pythons:
+            python = max(pythons, key=lambda v: tuple(int(p) for p in v.split(".")))
+    if python is None:
+        raise VenvoyError(f"base image {archive} has no Python 3 (no bin/python3.X)",
+                          "choose a base image that has Python, e.g. python:3.X-slim")
+    if glibc is None and codename:
+        glibc = CODENAME_GLIBC.get(codename)
+    if glibc is None:
+        if musl:
+            raise VenvoyError(f"base image {archive} uses musl (Alpine?), not glibc",
+                              "venvoy needs a glibc base (Debian, Ubuntu, RHEL...), e.g. python:3.X-slim")
+        raise VenvoyError(f"cannot tell the glibc version of base image {archive}",
+                          "choose a Debian- or Ubuntu-based image")
+    return python, glibc
+
+
+__all__ = ["KNOWN_PYTHONS", "OFFLINE_SUITES", "BaseImage", "bootstrap", "detect_python_glibc",
+           "from_tar", "official_reference", "probe_registry", "registry_endpoint", "resolve_base"]

@@ -1,0 +1,114 @@
+"""Apptainer: ``apptainer exec`` on a SIF, unprivileged, the HPC workhorse."""
+
+from __future__ import annotations
+
+import os
+
+from venvoy.core.errors import ImageNotFound, VenvoyError
+from venvoy.runtime.base import Runtime, safe_file_name, user_namespaces_enabled
+from venvoy.runtime.oci_cli import last_line
+from venvoy.runtime.request import Gpu, RunRequest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import ClassVar
+
+
+
+def escape_env_value(value: str) -> str:
+    """Apptainer evaluates prefixed variables as a shell would inside double
+    quotes (`$HOME` expands, backticks run); escaping these three keeps values
+    literal, as tested against the real program."""
+    return value.replace("\\", "\\\\").replace("$", "\\$").replace("`", "\\`")
+
+#: Image sources Apptainer resolves itself; anything else is a local path.
+URI_SCHEMES = ("docker://", "docker-archive://", "docker-daemon://", "oci://", "oci-archive://",
+               "library://", "oras://", "shub://", "instance://", "http://", "https://")
+
+
+class Apptainer(Runtime):
+    name: ClassVar[str] = "apptainer"
+    binary: ClassVar[str] = "apptainer"
+    image_kind: ClassVar[str] = "file"
+
+    def problem(self) -> str | None:
+        if self.rootless and not user_namespaces_enabled() and not self._setuid_starter():
+            return "unprivileged Apptainer needs user namespaces (disabled here) or a setuid install"
+        return None
+
+    def _setuid_starter(self) -> bool:
+        from pathlib import Path
+
+        prefix = Path(os.path.realpath(self.path)).parent.parent
+        return any(s.stat().st_mode & 0o4000 for s in prefix.glob("lib*/**/starter-suid"))
+
+    def env_prefix(self) -> str:
+        """Prefix of variables the runtime copies into the container, even with --cleanenv."""
+        return "APPTAINERENV_"
+
+    def run_argv(self, req: RunRequest) -> list[str]:
+        # --cleanenv: the host environment stays out; only the request's
+        # variables go in, through prefixed variables of the runtime process,
+        # which keep values byte-exact (the --env flag splits on commas).
+        # --no-home: like Docker and Podman, only what is mounted is visible.
+        argv = [self.path, "exec", "--cleanenv", "--no-home"]
+        if os.geteuid() == 0:
+            argv.append("--userns")  # root without a setuid install: use a user namespace
+        for m in req.mounts:
+            argv += ["--bind", f"{m.source}:{m.target}" + (":ro" if m.read_only else "")]
+        if req.workdir:
+            argv += ["--pwd", req.workdir]
+        if req.gpu == Gpu.NVIDIA:
+            argv.append("--nv")
+        elif req.gpu == Gpu.AMD:
+            argv.append("--rocm")
+        argv.append(req.image)
+        argv += req.argv
+        return argv
+
+    def process_env(self, req: RunRequest) -> dict[str, str]:
+        env = {
+            k: v for k, v in self.environ.items()
+            if not k.startswith(("APPTAINERENV_", "SINGULARITYENV_"))
+        }
+        for key, value in req.env:
+            env[self.env_prefix() + key] = escape_env_value(value)
+        return env
+
+    def check_image(self, image: str) -> None:
+        super().check_image(image)
+        if image.startswith(URI_SCHEMES):
+            return
+        if not os.path.exists(image):
+            raise ImageNotFound(
+                f"image file {image} does not exist",
+                "give the path of a .sif file (or a sandbox directory), or a docker:// reference",
+            )
+
+    def image_exists(self, image: str) -> bool:
+        return image.startswith(URI_SCHEMES) or os.path.exists(image)
+
+    def load_archive(self, archive: Path, ref: str, dest_dir: Path) -> str:
+        import subprocess
+
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        final = dest_dir / (safe_file_name(ref) + ".sif")
+        tmp = dest_dir / f".{final.name}.{os.getpid()}.tmp"
+        env = dict(self.environ)
+        # Apptainer unpacks layers in its temp dir; never on a small /tmp by surprise.
+        env.setdefault("APPTAINER_TMPDIR", str(dest_dir))
+        env.setdefault("SINGULARITY_TMPDIR", env["APPTAINER_TMPDIR"])
+        argv = [self.path, "build", str(tmp), f"docker-archive://{archive}"]
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  env=env)
+            if proc.returncode != 0:
+                raise VenvoyError(
+                    f"{self.binary} build from {archive} failed: {last_line(proc.stderr)}",
+                    "check the archive and free space in APPTAINER_TMPDIR",
+                )
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return str(final)

@@ -1,0 +1,195 @@
+"""The one run request every runtime adapter turns into its own argv.
+
+Callers describe *what* to run (image, argv, mounts, environment, working
+directory, GPU, user); adapters decide *how* in their runtime's syntax. The
+defaults a careful user expects are applied once, here, in :func:`make_request`,
+so every runtime gets the same ones.
+"""
+
+from __future__ import annotations
+
+import os
+
+from venvoy.core.errors import BadRequest
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+
+
+def valid_env_name(name: str) -> bool:
+    """[A-Za-z_][A-Za-z0-9_]*, the portable shell variable name."""
+    return name.isascii() and name.isidentifier()
+
+
+class Gpu:
+    """GPU vendors venvoy knows how to pass through (plain strings: enum's
+    import is a noticeable share of `venvoy run`'s start-up)."""
+
+    NVIDIA = "nvidia"
+    AMD = "amd"
+    ALL = (NVIDIA, AMD)
+
+
+class Mount:
+    """A bind mount of a host path at a container path.
+
+    (Plain classes rather than dataclasses here: importing dataclasses costs
+    more than the whole rest of ``venvoy run``.)
+    """
+
+    __slots__ = ("read_only", "source", "target")
+
+    def __init__(self, source: str, target: str, read_only: bool = False) -> None:
+        self.source = source
+        self.target = target
+        self.read_only = read_only
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mount) and (self.source, self.target, self.read_only) == (
+            other.source, other.target, other.read_only)
+
+    def __hash__(self) -> int:
+        return hash((self.source, self.target, self.read_only))
+
+    def __repr__(self) -> str:
+        return f"Mount({self.source!r}, {self.target!r}, read_only={self.read_only!r})"
+
+    @classmethod
+    def parse(cls, spec: str, cwd: str | None = None) -> Mount:
+        """Parse ``SRC:DST[:ro|rw]``; SRC must exist, DST must be absolute."""
+        parts = spec.split(":")
+        mode = "rw"
+        if len(parts) == 3:
+            mode = parts.pop()
+        if len(parts) != 2 or not parts[0] or not parts[1] or mode not in ("ro", "rw"):
+            raise BadRequest(
+                f"bad mount {spec!r}",
+                "write it as SRC:DST or SRC:DST:ro (paths may not contain ':')",
+            )
+        src, dst = parts
+        src = os.path.abspath(os.path.join(cwd or os.getcwd(), os.path.expanduser(src)))
+        if not os.path.exists(src):
+            raise BadRequest(f"mount source {src!r} does not exist", "create it or fix the path")
+        if not dst.startswith("/"):
+            raise BadRequest(f"mount target {dst!r} is not absolute", "use a path starting with /")
+        for path in (src, dst):
+            if "," in path or "\n" in path:
+                raise BadRequest(f"mount path {path!r} contains ',' or a newline", "rename it")
+        return cls(src, os.path.normpath(dst), mode == "ro")
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+
+
+class RunRequest:
+    """Everything needed to run one command in one container, runtime-neutral."""
+
+    __slots__ = ("argv", "env", "gid", "gpu", "image", "interactive", "mounts", "tty", "uid",
+                 "workdir")
+
+    def __init__(
+        self,
+        image: str,
+        argv: tuple[str, ...],
+        mounts: tuple[Mount, ...] = (),
+        env: tuple[tuple[str, str], ...] = (),
+        workdir: str | None = None,
+        interactive: bool = True,
+        tty: bool = False,
+        gpu: str | None = None,
+        uid: int | None = None,
+        gid: int | None = None,
+    ) -> None:
+        self.image = image
+        self.argv = tuple(argv)
+        self.mounts = tuple(mounts)
+        self.env = tuple(env)
+        self.workdir = workdir
+        self.interactive = interactive
+        self.tty = tty
+        self.gpu = gpu
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"RunRequest({fields})"
+
+    @property
+    def env_dict(self) -> dict[str, str]:
+        return dict(self.env)
+
+
+def parse_env(items: Iterable[str]) -> list[tuple[str, str]]:
+    """Parse ``K=V`` strings; the value is kept byte-exact (it may hold '=')."""
+    out = []
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not valid_env_name(name):
+            raise BadRequest(f"bad --env {item!r}", "write it as NAME=VALUE")
+        out.append((name, value))
+    return out
+
+
+def make_request(
+    image: str,
+    argv: Sequence[str],
+    *,
+    mounts: Iterable[str | Mount] = (),
+    env: Iterable[str] | Mapping[str, str] = (),
+    env_pass: Iterable[str] = (),
+    workdir: str | None = None,
+    gpu: str | None = None,
+    tty: bool | None = None,
+    mount_cwd: bool = True,
+    environ: Mapping[str, str] | None = None,
+) -> RunRequest:
+    """Build a request with venvoy's defaults.
+
+    * the current directory is bind-mounted at the same path and is the
+      working directory, so relative paths mean the same inside and out;
+    * the environment is clean except for ``env`` and the ``env_pass`` names
+      copied from the host, plus ``PYTHONNOUSERSITE=1`` so packages in the
+      user's ``~/.local`` never leak into the container.
+    """
+    if not argv:
+        raise BadRequest("no command given", "put the command after --, e.g. -- python3 x.py")
+    if not image:
+        raise BadRequest("no image given", "pass --image NAME, a .sif file or an image directory")
+    host_env = os.environ if environ is None else environ
+    cwd = os.getcwd()
+    parsed_mounts = [m if isinstance(m, Mount) else Mount.parse(m, cwd) for m in mounts]
+    if mount_cwd and not any(m.target == cwd for m in parsed_mounts):
+        parsed_mounts.insert(0, Mount(cwd, cwd))
+    pairs: list[tuple[str, str]] = [("PYTHONNOUSERSITE", "1")]
+    for name in env_pass:
+        if not valid_env_name(name):
+            raise BadRequest(f"bad --env-pass {name!r}", "give a variable name such as OMP_NUM_THREADS")
+        if name in host_env:
+            pairs.append((name, host_env[name]))
+    if hasattr(env, "items"):
+        for name in env:
+            if not valid_env_name(name):
+                raise BadRequest(f"bad variable name {name!r}", "use letters, digits and _")
+        pairs += list(env.items())
+    else:
+        pairs += parse_env(env)
+    merged = dict(pairs)  # later wins: --env overrides --env-pass overrides defaults
+    if workdir is not None and not workdir.startswith("/"):
+        raise BadRequest(f"working directory {workdir!r} is not absolute", "use a path starting with /")
+    if gpu and gpu not in Gpu.ALL:
+        raise BadRequest(f"unknown GPU kind {gpu!r}", "use --gpu nvidia or --gpu amd")
+    gpu_kind = gpu or None
+    if tty is None:
+        tty = os.isatty(0) and os.isatty(1)
+    return RunRequest(
+        image=image,
+        argv=tuple(argv),
+        mounts=tuple(parsed_mounts),
+        env=tuple(merged.items()),
+        workdir=workdir or (cwd if mount_cwd else None),
+        tty=tty,
+        gpu=gpu_kind,
+    )
