@@ -41,7 +41,7 @@ HELPER = """
 import json, sys
 from pathlib import Path
 from venvoy.api import environments as envs
-from venvoy.transport.archive import _zstd_module, export_archive, import_archive
+from venvoy.transport.archive import export_archive, import_archive
 from venvoy.store.layout import Store
 
 if sys.argv[1] == "export":
@@ -51,7 +51,7 @@ elif sys.argv[1] == "import":
 else:
     env = envs.get(sys.argv[3], Store(Path(sys.argv[2])))
     print(json.dumps({"archive": str(env.archive), "tag": env.tag,
-                      "zstd": "zstandard module" if _zstd_module() else "zstd program"}))
+                      "zstd": "zstandard module"}))
 """
 
 

@@ -4,7 +4,8 @@
 # venvoy's integration tests use: Docker, Podman (rootful and rootless),
 # Apptainer/Singularity, Charliecloud and a single-node Slurm cluster, plus a
 # test user, a cached Debian base image and a venv for the test user.
-# See shared/RUNTIMES.md for why each step is done the way it is.
+# docs/provisioning.md (in this repository) says what each step installs and
+# why it is done the way it is (the runtime quirks of these machines).
 #
 # Idempotent: a second run changes nothing and takes seconds.
 # Exits non-zero if any runtime does not work at the end.

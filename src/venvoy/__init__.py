@@ -6,7 +6,7 @@ the package (as ``venvoy run`` does) stays cheap.
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from venvoy.core.version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

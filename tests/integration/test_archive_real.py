@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from venvoy.transport.archive import sniff_format
+from venvoy.transport.sniff import sniff_format
 
 from .conftest import REPO, unavailable
 

@@ -37,6 +37,7 @@ STRICT = bool(os.environ.get("CI") or os.environ.get("VENVOY_REQUIRE_RUNTIMES"))
 TEST_USER = os.environ.get("VENVOY_IT_USER", "venvoytest")
 ROOTFS = Path(os.environ.get("VENVOY_IT_ROOTFS", "/var/cache/venvoy-it/base-rootfs.tar"))
 LOCAL_IMAGE = "venvoy-it-base:latest"  # loaded into Docker and Podman by the runtime tests' setup
+BASE_ARCHIVE = Path(os.environ.get("VENVOY_IT_BASE", "/var/cache/venvoy-it/base-docker.tar"))
 LOOPBACK = "localhost:5999"  # a registry address where nothing listens
 TIMINGS: dict[str, float] = {}
 
@@ -249,11 +250,14 @@ def test_unreachable_registry_fails_fast_in_one_line(engine: str, probe: str, st
     start = time.monotonic()
     with pytest.raises(VenvoyError) as err:
         resolve_base("3.11", f"{LOOPBACK}/python:3.11-slim", store=store, runtime=runtime)
-    elapsed = time.monotonic() - start
     timed(f"unreachable registry, {engine}, probe={probe}", start)
     text = str(err.value)
     assert "\n" not in text and LOOPBACK in text
-    assert elapsed < (2 if probe == "1" else 10), text
+    if probe == "1":  # the probe answered: no pull was started
+        assert f"registry {LOOPBACK} unreachable" in text and f"{engine} pull" not in text, text
+    else:  # the runtime's own refusal, cut to one line, with what to do
+        assert text.startswith(f"{engine} pull {LOOPBACK}/python:3.11-slim failed: "), text
+        assert "--base" in text
 
 
 @pytest.mark.parametrize("engine", ["docker", "podman"])
@@ -262,29 +266,32 @@ def test_online_falls_back_to_bootstrap(engine: str, store: Path, bookworm: Base
     need(engine)
     monkeypatch.setenv("VENVOY_BASE_REGISTRY", f"{LOOPBACK}/library")
     runtime = get_runtime(engine)
-    start = time.monotonic()
     assert resolve_base("3.11", None, store=store, runtime=runtime) == bookworm
     with pytest.raises(VenvoyError) as err:
         resolve_base("3.12", None, store=store, runtime=runtime)
-    assert time.monotonic() - start < 10
     text = str(err.value)
     assert "\n" not in text
     assert f"{LOOPBACK}/library/python:3.12-slim" in text and "--base" in text
 
 
 @pytest.mark.parametrize("engine", ["docker", "podman"])
-def test_local_image_as_base(engine: str, store: Path) -> None:
+def test_local_image_as_base(engine: str, store: Path, workdir: Path,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
     need(engine)
     runtime = get_runtime(engine)
-    if _run([engine, "image", "inspect", LOCAL_IMAGE]).returncode != 0:
-        unavailable(f"{engine} has no image {LOCAL_IMAGE}: run scripts/provision.sh")
+    if runtime.image_id(LOCAL_IMAGE) is None:  # a freshly provisioned machine: load it ourselves
+        if not BASE_ARCHIVE.is_file():
+            unavailable(f"{BASE_ARCHIVE} is missing: run scripts/provision.sh")
+        runtime.load_archive(BASE_ARCHIVE, LOCAL_IMAGE, workdir)
+    image_id = runtime.image_id(LOCAL_IMAGE)
+    assert image_id is not None and image_id.startswith("sha256:")
     start = time.monotonic()
     base = resolve_base("3.11", LOCAL_IMAGE, store=store, runtime=runtime)
     timed(f"--base local {engine} image (save)", start)
     assert (base.python, base.glibc) == ("3.11", "2.36")  # read from its files: no PYTHON_VERSION
     assert base.archive.name.startswith(f"{engine}-")
-    start = time.monotonic()
+    assert image.inspect_archive(base.archive).image_id == base.image_id
+    monkeypatch.setattr(runtime, "save", lambda *_a: pytest.fail("saved again"))
     assert resolve_base("3.11", LOCAL_IMAGE, store=store, runtime=runtime) == base
-    assert time.monotonic() - start < 2
     with pytest.raises(VenvoyError, match=r"has Python 3\.11, not 3\.13"):
         resolve_base("3.13", LOCAL_IMAGE, store=store, runtime=runtime)

@@ -197,8 +197,10 @@ def test_gpu_nvidia_without_driver_devices(tmp_path: Path, gpu_host, cls) -> Non
     gpu_host()  # no /dev/nvidia* at all
     sif = tmp_path / "img.sif"
     sif.touch()
+    # Docker and Podman take an image name (a path is refused before any GPU check).
+    image = "img:1" if cls in (Docker, Podman) else str(sif)
     with pytest.raises(BadRequest) as info:
-        cls("/usr/bin/x", HOST_ENV).invocation(request(tmp_path, image=str(sif), gpu=Gpu.NVIDIA))
+        cls("/usr/bin/x", HOST_ENV).invocation(request(tmp_path, image=image, gpu=Gpu.NVIDIA))
     text = str(info.value)
     assert "\n" not in text
     assert "/dev/nvidiactl" in text

@@ -27,10 +27,12 @@ import pytest
 
 from venvoy.build.lock import lock_hash
 from venvoy.core.errors import VenvoyError
+from venvoy.image import tarsafe
 from venvoy.image.oci import add_files_layer, assemble, rootfs_to_archive
 from venvoy.store import records
 from venvoy.store.layout import Store
 from venvoy.transport import archive
+from venvoy.transport.sniff import sniff_format
 
 from ._archives import layer_tar
 
@@ -104,30 +106,14 @@ def tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
-BACKENDS = ["gzip", "zstd-module", "zstd-program"]
+@pytest.fixture(params=["gzip", "zstd"])
+def compression(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
-def use_backend(backend: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Force one compressor; returns the compression name export_archive takes."""
-    if backend == "zstd-module":
-        if archive._zstd_module() is None:
-            pytest.skip("the zstandard package is not installed")
-        monkeypatch.setattr(archive, "_zstd_program", lambda: None)
-    elif backend == "zstd-program":
-        if archive._zstd_program() is None:
-            pytest.skip("the zstd program is not installed")
-        monkeypatch.setattr(archive, "_zstd_module", lambda: None)
-    return "gzip" if backend == "gzip" else "zstd"
-
-
-@pytest.fixture(params=BACKENDS)
-def compression(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    return use_backend(request.param, monkeypatch)
-
-
-@pytest.fixture(params=BACKENDS[1:])
-def zstd(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    return use_backend(request.param, monkeypatch)
+@pytest.fixture
+def zstd() -> str:
+    return "zstd"
 
 
 # -- round trip -------------------------------------------------------------------------------
@@ -147,13 +133,13 @@ def test_round_trip(source: records.Environment, dest: Store, tmp_path: Path, co
     assert not list(dest.tmp.iterdir())  # the temporary directory is gone
 
 
-def test_no_zstd_at_all_falls_back_to_gzip(source: records.Environment, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(archive, "_zstd_module", lambda: None)
-    monkeypatch.setattr(archive, "_zstd_program", lambda: None)
-    assert archive.export_archive(source, tmp_path).name.endswith(".venvoy.tar.gz")
-    with pytest.raises(VenvoyError, match="zstandard"):
-        archive.export_archive(source, tmp_path / "x.tar.zst")
+def test_zstd_needs_no_program(source: records.Environment, tmp_path: Path,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """zstd comes from the `zstandard` module (a dependency): no `zstd` program is needed."""
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    out = archive.export_archive(source, tmp_path)
+    assert out.name.endswith(".venvoy.tar.zst") and out.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
+    assert archive.import_archive(out, store=Store(tmp_path / "other")).name == "demo"
 
 
 def test_archive_is_a_plain_tar_with_the_manifest_first(source: records.Environment,
@@ -222,11 +208,15 @@ def test_rename_force_and_idempotence(source: records.Environment, dest: Store, 
     assert dest.image_archive(source.image_id).is_file()  # still used by "copy"
 
 
-def test_sif_travels_and_is_checked(tmp_path: Path, dest: Store) -> None:
+def test_an_unverified_sif_is_never_exported_nor_trusted(tmp_path: Path, dest: Store) -> None:
+    """A SIF venvoy did not make (no sidecar hash) is not shipped, and the shared SIF
+    cache never takes one from an archive: it is rebuilt from the verified image."""
     env = make_env(Store(tmp_path / "s", environ={}), tmp_path, sif=True)
     out = archive.export_archive(env, tmp_path, compression="gzip")
+    with tarfile.open(out) as tar:
+        assert not [n for n in tar.getnames() if n.endswith("image.sif")]
     imported = archive.import_archive(out, store=dest)
-    assert dest.sif(imported.image_id).read_bytes() == SIF
+    assert not dest.sif(imported.image_id).exists()
 
 
 def test_credentials_in_urls_are_not_exported(tmp_path: Path) -> None:
@@ -249,7 +239,7 @@ def test_failed_export_leaves_no_output(source: records.Environment, tmp_path: P
     def boom(self: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(archive._TarWriter, "close", boom)
+    monkeypatch.setattr(tarsafe.TarWriter, "close", boom)
     with pytest.raises(RuntimeError):
         archive.export_archive(source, tmp_path, compression=compression)
     assert not [p for p in tmp_path.iterdir() if ".venvoy.tar" in p.name]
@@ -308,16 +298,16 @@ def test_sniff_by_content_not_name(source: records.Environment, tmp_path: Path,
                                    compression: str) -> None:
     out = archive.export_archive(source, tmp_path, compression=compression)
     renamed = out.rename(tmp_path / "notes.txt")
-    assert archive.sniff_format(renamed) == "archive"
+    assert sniff_format(renamed) == "archive"
     for i, packer in enumerate((lambda b: b, gzip.compress, lzma.compress, bz2.compress)):
-        assert archive.sniff_format(wheelhouse(tmp_path / f"w{i}.zip", packer)) == "wheelhouse"
+        assert sniff_format(wheelhouse(tmp_path / f"w{i}.zip", packer)) == "wheelhouse"
     (tmp_path / "random.venvoy.tar.zst").write_bytes(os.urandom(4096))
-    assert archive.sniff_format(tmp_path / "random.venvoy.tar.zst") == "unknown"
+    assert sniff_format(tmp_path / "random.venvoy.tar.zst") == "unknown"
     (tmp_path / "empty").write_bytes(b"")
-    assert archive.sniff_format(tmp_path / "empty") == "unknown"
-    assert archive.sniff_format(source.archive) == "unknown"  # a Docker archive
-    assert archive.sniff_format(tmp_path / "does-not-exist") == "unknown"
-    assert archive.sniff_format(tmp_path) == "unknown"
+    assert sniff_format(tmp_path / "empty") == "unknown"
+    assert sniff_format(source.archive) == "unknown"  # a Docker archive
+    assert sniff_format(tmp_path / "does-not-exist") == "unknown"
+    assert sniff_format(tmp_path) == "unknown"
 
 
 # -- the hostile-archive suite ----------------------------------------------------------------
@@ -744,3 +734,25 @@ def test_random_damage_is_always_a_clear_error(kit: Kit, dest: Store) -> None:
             outcomes.add("refused")
     assert "refused" in outcomes
     assert not list(dest.tmp.iterdir())
+
+
+@pytest.mark.parametrize("tags", [["python:3.12"], ["docker.io/library/python:3.12"],
+                                  ["localhost/venvoy/demo:x", "busybox:latest"], "python:3.12"])
+def test_refuses_an_image_that_would_retag_the_users_images(kit: Kit, dest: Store, tmp_path: Path,
+                                                            tags: object) -> None:
+    """`docker load` applies the archive's RepoTags: a crafted archive must not be able to
+    point the user's `python:3.12` (or any name outside venvoy's) at its image."""
+    src = io.BytesIO(kit.files["image.tar"])
+    out = io.BytesIO()
+    with tarfile.open(fileobj=src) as old, tarfile.open(fileobj=out, mode="w") as new:
+        for member in old.getmembers():
+            data = old.extractfile(member).read()  # type: ignore[union-attr]
+            if member.name == "manifest.json":
+                index = json.loads(data)
+                index[0]["RepoTags"] = tags
+                data = json.dumps(index).encode()
+                member.size = len(data)
+            new.addfile(member, io.BytesIO(data))
+    files = dict(kit.files, **{"image.tar": out.getvalue()})
+    manifest = dict(kit.manifest, members=kit.listed(files))
+    refused(kit.write(kit.entries(files, manifest)), dest, tmp_path, "outside localhost/venvoy/")

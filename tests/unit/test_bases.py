@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -15,9 +16,11 @@ import pytest
 
 from venvoy.build import bases
 from venvoy.build.bases import BaseImage, resolve_base
-from venvoy.core.errors import VenvoyError
+from venvoy.core.errors import BadRequest, RuntimeFailed, VenvoyError
 from venvoy.image import oci as image
+from venvoy.runtime.apptainer import Apptainer
 from venvoy.runtime.docker import Docker
+from venvoy.runtime.oci_cli import OciCliRuntime
 from venvoy.runtime.podman import Podman
 
 from ._archives import layer_tar
@@ -212,7 +215,8 @@ def closed_port() -> int:
     return port
 
 
-def fake_runtime(fakebin: FakeBin, name: str, *, local: dict[str, Path] | None = None) -> Docker | Podman:
+def fake_runtime(fakebin: FakeBin, name: str, *, local: dict[str, Path] | None = None,
+                 cls: type[OciCliRuntime] | None = None, save_error: str | None = None) -> OciCliRuntime:
     """A docker/podman script that knows the images in ``local`` (ref -> archive) and cannot pull."""
     local = local or {}
     lines = ['case "$1" in', "  image)", '    case "$5" in']
@@ -226,8 +230,10 @@ def fake_runtime(fakebin: FakeBin, name: str, *, local: dict[str, Path] | None =
         image_id = image.inspect_archive(archive).image_id
         lines.append(f"      '{image_id.split(':')[1]}') /bin/cp '{archive}' \"$3\" ;;")
     lines += ['      *) echo "Error: no such image $last" >&2; exit 1 ;;', "    esac ;;", "esac"]
+    if save_error is not None:
+        lines.insert(0, f'[ "$1" = save ] && {{ echo "{save_error}" >&2; exit 1; }}')
     path = fakebin.add(name, body="\n".join(lines) + "\n")
-    cls = Docker if name == "docker" else Podman
+    cls = cls or (Docker if name == "docker" else Podman)
     return cls(str(path), fakebin.env())
 
 
@@ -303,6 +309,218 @@ def test_official_image_found_locally_is_saved(store: Path, tmp_path: Path, fake
     assert fakebin.log.read_text().count("docker save") == saves  # from the store the second time
     assert mmdebstrap.calls() == []
 
+
+
+# -- the runtime's image store is the adapter's: no runtime names in bases ------------
+
+class Nerdctl(OciCliRuntime):
+    """A Docker-compatible CLI bases.py has never heard of."""
+
+    name = "nerdctl"
+    binary = "nerdctl"
+
+
+def test_any_runtime_with_an_image_store_gives_a_base(store: Path, tmp_path: Path, fakebin: FakeBin) -> None:
+    image.rootfs_to_archive(_write(tmp_path / "r.tar", rootfs("3.11")), tmp_path / "img.tar")
+    rt = fake_runtime(fakebin, "nerdctl", cls=Nerdctl, local={"localhost/mybase:1": tmp_path / "img.tar"})
+    base = resolve_base("3.11", "localhost/mybase:1", store=store, runtime=rt)
+    assert (base.python, base.source) == ("3.11", "localhost/mybase:1")
+    assert base.archive.read_bytes() == (tmp_path / "img.tar").read_bytes()
+    assert base.archive.name.startswith("nerdctl-")
+    log = fakebin.log.read_text()
+    assert "nerdctl image inspect --format {{.Id}} localhost/mybase:1" in log
+    assert "nerdctl save -o" in log and "--format" not in log.split("save", 1)[1]
+
+
+def test_runtime_without_an_image_store_is_refused_in_one_line(store: Path, fakebin: FakeBin) -> None:
+    rt = Apptainer(str(fakebin.add("apptainer")), fakebin.env())
+    assert not rt.has_image_store
+    with pytest.raises(VenvoyError) as err:
+        resolve_base("3.11", "python:3.11-slim", store=store, runtime=rt)
+    assert "needs Docker or Podman to read it (apptainer is in use)" in str(err.value)
+    assert fakebin.calls("apptainer") == 0
+    with pytest.raises(BadRequest, match="looking up images by name is not supported by apptainer"):
+        rt.image_id("x")
+    with pytest.raises(BadRequest, match="pulling images is not supported by apptainer"):
+        rt.pull("x")
+    with pytest.raises(BadRequest, match="saving images to a Docker archive is not supported by apptainer"):
+        rt.save("x", store / "x.tar")
+
+
+@pytest.mark.parametrize("ref", ["-v", "--help", "a b", "x\ny", "x\x1b[2Jy:1", "x" * 2000])
+def test_reference_that_looks_like_an_option_never_reaches_the_runtime(store: Path, fakebin: FakeBin,
+                                                                       ref: str) -> None:
+    rt = fake_runtime(fakebin, "docker")
+    with pytest.raises(BadRequest, match="bad image name"):
+        resolve_base("3.11", ref, store=store, runtime=rt)
+    assert fakebin.calls("docker") == 0
+
+
+def test_failed_save_is_one_bounded_line_and_leaves_nothing(store: Path, tmp_path: Path,
+                                                             fakebin: FakeBin) -> None:
+    image.rootfs_to_archive(_write(tmp_path / "r.tar", rootfs("3.11")), tmp_path / "img.tar")
+    rt = fake_runtime(fakebin, "podman", local={"mine:1": tmp_path / "img.tar"},
+                      save_error="first line\nError: no space left " + "x" * 5000)
+    with pytest.raises(RuntimeFailed) as err:
+        resolve_base("3.11", "mine:1", store=store, runtime=rt)
+    text = str(err.value)
+    assert "\n" not in text and len(text) < 600
+    assert text.startswith("podman save ") and "Error: no space left" in text and "first line" not in text
+    assert [p.name for p in (store / "bases").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_failed_pull_names_the_runtime_and_what_to_do(store: Path, fakebin: FakeBin,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VENVOY_REGISTRY_PROBE", "0")
+    rt = fake_runtime(fakebin, "docker")
+    with pytest.raises(RuntimeFailed) as err:
+        resolve_base("3.11", "example.org/img:1", store=store, runtime=rt)
+    assert str(err.value).startswith("docker pull example.org/img:1 failed: Error response from daemon")
+    assert "--base" in str(err.value) and "VENVOY_PULL_TIMEOUT" in str(err.value)
+
+
+@pytest.mark.parametrize("value", ["soon", "-1", "0", "nan", "inf"])
+def test_bad_pull_timeout_is_one_line(store: Path, fakebin: FakeBin, monkeypatch: pytest.MonkeyPatch,
+                                      value: str) -> None:
+    monkeypatch.setenv("VENVOY_REGISTRY_PROBE", "0")
+    monkeypatch.setenv("VENVOY_PULL_TIMEOUT", value)
+    rt = fake_runtime(fakebin, "docker")
+    with pytest.raises(VenvoyError, match=r"VENVOY_PULL_TIMEOUT=.* is not a number of seconds"):
+        resolve_base("3.11", "example.org/img:1", store=store, runtime=rt)
+    assert "docker pull" not in fakebin.log.read_text()
+
+
+def test_image_id_refuses_what_is_not_an_image_id(fakebin: FakeBin) -> None:
+    rt = Docker(str(fakebin.add("docker", body='echo "sha256:../../etc"\n')), fakebin.env())
+    assert rt.image_id("x:1") is None
+    good = "ab" * 32
+    rt = Docker(str(fakebin.add("docker", body=f'echo "{good}"\n')), fakebin.env())
+    assert rt.image_id("x:1") == f"sha256:{good}"
+
+
+def test_host_architecture_comes_from_the_one_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    import platform
+
+    from venvoy.build import lock
+
+    monkeypatch.setattr(platform, "machine", lambda: "ppc64le")
+    assert (bases.debian_architecture(), image.host_architecture(), lock.host_arch()) == (
+        "ppc64el", "ppc64le", "ppc64le")
+    monkeypatch.setattr(platform, "machine", lambda: "ARM64")
+    assert (bases.debian_architecture(), image.host_architecture(), lock.host_arch()) == (
+        "arm64", "arm64", "aarch64")
+    assert lock.Platform(python="3.11", arch="AMD64").arch == "x86_64"  # any name, one row
+    with pytest.raises(VenvoyError, match="unsupported architecture 'ppc64le'; use x86_64 or aarch64"):
+        lock.Platform(python="3.11", arch="ppc64le")
+
+
+# -- damaged or hostile inputs: one line, never a traceback, never outside bases/ -----
+
+@pytest.mark.parametrize("manifest", [b"[1]", b"{}", b"[]", b'[{"Config": 5}]', b"not json"])
+def test_base_tar_with_a_bad_manifest_is_one_line(store: Path, tmp_path: Path, manifest: bytes) -> None:
+    bad = _write(tmp_path / "bad.tar", layer_tar([("file", "manifest.json", manifest.decode())]))
+    with pytest.raises(VenvoyError) as err:
+        resolve_base("3.11", str(bad), store=store, runtime=None)
+    assert "\n" not in str(err.value) and str(bad) in str(err.value)
+    assert [p.name for p in (store / "bases").iterdir() if p.suffix != ".lock"] == []
+
+
+def test_base_tar_with_a_huge_pax_header_is_refused(store: Path, tmp_path: Path) -> None:
+    head = tarfile.TarInfo("././@PaxHeader")
+    head.type, head.size = tarfile.XHDTYPE, 1 << 31  # claims 2 GiB of header
+    data = head.tobuf(format=tarfile.USTAR_FORMAT) + bytes(1 << 16)
+    bad = _write(tmp_path / "pax.tar", data)
+    with pytest.raises(VenvoyError, match=r"base .* is not a readable tar: tar member header"):
+        resolve_base("3.11", str(bad), store=store, runtime=None)  # refused before reading 2 GiB
+
+
+def test_two_image_archive_is_rewritten_with_the_hosts_image(store: Path, tmp_path: Path) -> None:
+    """A plain docker-archive of two images is not copied as it is: the store keeps one image."""
+    one = image.rootfs_to_archive(_write(tmp_path / "a.tar", rootfs("3.11")), tmp_path / "one.tar")
+    with tarfile.open(tmp_path / "one.tar") as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    entry = json.loads(members["manifest.json"])[0]
+    other = dict(json.loads(members[entry["Config"]]), architecture="s390x")
+    other_bytes = json.dumps(other).encode()
+    members["other.json"] = other_bytes
+    members["manifest.json"] = json.dumps([dict(entry, Config="other.json"), entry]).encode()
+    two = tmp_path / "two.tar"
+    with tarfile.open(two, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    base = resolve_base("3.11", str(two), store=store, runtime=None)
+    assert base.image_id == one.image_id
+    with tarfile.open(base.archive) as tar:
+        assert len(json.loads(tar.extractfile("manifest.json").read())) == 1  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("field,value", [("archive", "../outside.tar"), ("image_id", "sha256:../../etc"),
+                                         ("python", "3.11\x1b[2J"), ("glibc", None), ("version", 99)])
+def test_damaged_base_record_is_remade_not_followed(store: Path, mmdebstrap: FakeDebootstrap,
+                                                    field: str, value: object) -> None:
+    base = resolve_base("3.11", None, store=store, runtime=None, offline=True)
+    record = base.archive.with_suffix(".json")
+    data = json.loads(record.read_text())
+    outside = store / "outside.tar"
+    outside.write_bytes(base.archive.read_bytes())
+    record.write_text(json.dumps(dict(data, **{field: value})))
+    again = resolve_base("3.11", None, store=store, runtime=None, offline=True)
+    assert again == base and again.archive.parent == store / "bases"
+    assert len(mmdebstrap.calls()) == 2  # remade
+
+
+def test_garbled_file_record_does_not_break_base_tars(store: Path, tmp_path: Path) -> None:
+    src = base_archive(tmp_path / "b.tar", [rootfs("3.11")])
+    base = resolve_base("3.11", str(src), store=store, runtime=None)
+    base.archive.with_suffix(".json").write_text("[1]")
+    (store / "bases" / "file-0.json").write_text('"just a string"')
+    os.utime(src, ns=(1, 1))  # a new stamp: the records are read and updated again
+    assert resolve_base("3.11", str(src), store=store, runtime=None) == base
+
+
+@pytest.mark.parametrize("text", ["", "{", "[1]", "null", "\x00" * 70000])
+def test_garbled_base_record_is_remade(store: Path, mmdebstrap: FakeDebootstrap, text: str) -> None:
+    base = resolve_base("3.11", None, store=store, runtime=None, offline=True)
+    base.archive.with_suffix(".json").write_text(text)
+    assert resolve_base("3.11", None, store=store, runtime=None, offline=True) == base
+    assert len(mmdebstrap.calls()) == 2
+
+
+# -- the table of sources: adding one is one row -------------------------------------
+
+def test_a_new_source_is_one_row(store: Path, tmp_path: Path, mmdebstrap: FakeDebootstrap,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    made = image.rootfs_to_archive(_write(tmp_path / "r.tar", rootfs("3.12")), tmp_path / "mine.tar")
+    calls: list[str] = []
+
+    def broken(python: str, bases_dir: Path, runtime: object, say: object) -> BaseImage:
+        calls.append("broken")
+        raise VenvoyError("the site mirror is down")
+
+    def site(python: str, bases_dir: Path, runtime: object, say: object) -> BaseImage:
+        calls.append("site")
+        return bases.from_tar(tmp_path / "mine.tar", bases_dir)
+
+    rows = (bases.BaseSource("a broken mirror", False, "fix the mirror", lambda p, r: None, broken),
+            bases.BaseSource("the site's images", False, "ask the admins",
+                             lambda p, r: None if p == "3.12" else "the site has 3.12 only", site),
+            *bases.SOURCES)
+    monkeypatch.setattr(bases, "SOURCES", rows)
+    said: list[str] = []
+    base = resolve_base("3.12", None, store=store, runtime=None, offline=True, progress=said.append)
+    assert base.image_id == made.image_id and calls == ["broken", "site"]
+    assert "the site mirror is down; falling back to the site's images" in said
+    # 3.11: the site says why not, Debian gives it
+    assert resolve_base("3.11", None, store=store, runtime=None, offline=True).python == "3.11"
+    # 3.10: nobody has it; one line with every reason and every remedy
+    with pytest.raises(VenvoyError) as err:
+        resolve_base("3.10", None, store=store, runtime=None, offline=True)
+    assert str(err.value) == (
+        "no offline base for Python 3.10: the site mirror is down; the site has 3.12 only; "
+        "Debian bootstrap gives 3.11 (bookworm) or 3.13 (trixie); "
+        "pass --base with a Python 3.10 image or tar, fix the mirror, or go online")
 
 # -- --base -------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from venvoy import __version__
-from venvoy.cli.main import _split_command, format_runtime_info, main
+from venvoy.cli.main import format_runtime_info, main, split_command
 
 from ._archives import docker_archive, layer_tar
 
@@ -20,7 +20,11 @@ def cli_env(fakebin, monkeypatch: pytest.MonkeyPatch):
     for key, value in fakebin.env().items():
         monkeypatch.setenv(key, value)
 
+    parent, real_exec = os.getpid(), os.execve
+
     def no_exec(*args, **kwargs):
+        if os.getpid() != parent:  # a forked child starting a (fake) runtime: fine
+            return real_exec(*args, **kwargs)
         raise AssertionError(f"the test tried to exec {args[:2]}")
 
     monkeypatch.setattr(os, "execve", no_exec)
@@ -190,9 +194,9 @@ def test_format_runtime_info_unusable_row() -> None:
 # -- run: argv reaches the runtime byte-exact -------------------------------------------------
 
 def test_split_command_only_splits_run() -> None:
-    assert _split_command(["run", "--image", "i", "--", "ls", "--", "-l"]) == (
+    assert split_command(["run", "--image", "i", "--", "ls", "--", "-l"]) == (
         ["run", "--image", "i"], ["ls", "--", "-l"])
-    assert _split_command(["runtime-info", "--"]) == (["runtime-info", "--"], None)
+    assert split_command(["runtime-info", "--"]) == (["runtime-info", "--"], None)
 
 
 @pytest.fixture
@@ -270,7 +274,10 @@ def test_load_defaults_to_the_cache(cli_env, capsys, tmp_path: Path) -> None:
     archive = docker_archive(tmp_path / "img.tar", [layer_tar([("file", "hello", "hi")])])
     assert main(["load", str(archive), "--name", "demo:1", "--runtime", "charliecloud"]) == 0
     out = Path(capsys.readouterr().out.strip())
-    assert out == Path(os.environ["VENVOY_HOME"]) / "cache" / "images" / "charliecloud" / "demo_1"
+    from venvoy.store.layout import Store
+
+    assert out == Store().load_dest("charliecloud") / "demo_1"
+    assert out.is_relative_to(Path(os.environ["VENVOY_HOME"]) / "cache")
     assert (out / "hello").read_text() == "hi"
 
 
@@ -283,9 +290,9 @@ def parse_both(words: list[str]):
     from venvoy.cli.main import build_parser, fast_run_args
 
     fast = fast_run_args(words)
-    head, command = _split_command(["run", *words])
+    head, command = split_command(["run", *words])
     try:
-        ns = build_parser().parse_args(head)
+        ns = build_parser(command_after_dashes=command is not None).parse_args(head)
     except SystemExit:
         ns = None
     return fast, ns, command
@@ -301,6 +308,10 @@ def parse_both(words: list[str]):
     ["--image", "first", "--image", "second", "--", "x"],
     ["--image", "", "--", "x"],
     ["--image", "i", "-e", "A=--not-an-option", "--"],
+    ["-vA:/b", "-w/tmp", "-eA=1", "-wfoo=bar", "--image", "i", "--", "x"],
+    ["NAME", "--runtime", "podman", "--env", "A=1", "-w/tmp", "--", "CMD"],
+    ["--runtime", "podman", "NAME", "-t", "--dry-run", "--", "CMD"],
+    ["", "--", "x"],
 ])
 def test_fast_parser_agrees_with_argparse(capsys, words: list[str]) -> None:
     fast, ns, command = parse_both(words)
@@ -319,8 +330,10 @@ def test_fast_parser_agrees_with_argparse(capsys, words: list[str]) -> None:
     ["--image", "i", "--gpu", "intel", "--", "x"],
     ["--image", "i", "--bogus", "--", "x"],
     ["--im", "i", "--", "x"],  # an abbreviation: argparse's business
-    ["-vA:/b", "--image", "i", "--", "x"],
     ["-v=/a:/b", "--image", "i", "--", "x"],
+    ["--image", "i", "--env=-A=1", "--", "x"],
+    ["-t", "-t", "--image", "i", "--", "x"],
+    ["-tv/a:/b", "NAME", "--", "x"],  # combined short options
     ["--tty=yes", "--image", "i", "--", "x"],
     ["--image", "i", "-e", "--", "x"],  # option without its value
     ["stray", "--image", "i", "--", "x"],
@@ -335,6 +348,12 @@ def test_fast_parser_leaves_unusual_lines_to_argparse(words: list[str]) -> None:
     ["--tty", "--no-tty", "--image", "i", "--", "x"],
     ["--image", "i", "-e", "-A=1", "--", "x"],
     ["--image", "-t", "--", "x"],
+    ["NAME", "--runtme", "podman", "--mount", "D:/data:ro", "--", "x"],
+    ["NAME", "--gpu", "intel", "--", "x"],
+    ["NAME", "--gpu", "intel", "--gpu", "nvidia", "--", "x"],
+    ["NAME", "--dry-run", "-x", "--", "x"],
+    ["NAME", "other", "--", "x"],
+    ["NAME", "--tty=yes", "--", "x"],
 ])
 def test_fast_parser_rejects_what_argparse_rejects(capsys, words: list[str]) -> None:
     fast, ns, _ = parse_both(words)
@@ -369,3 +388,295 @@ def test_run_without_name_or_image_is_a_usage_error(capsys) -> None:
     assert main(["run", "--", "true"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("venvoy: error:") and "NAME or --image" in err
+
+
+# -- no option is ever dropped: whatever parses the line, every option counts ----------------
+
+class Ran(Exception):
+    """Raised instead of running: what cmd_run was given."""
+
+    def __init__(self, args, command) -> None:
+        super().__init__()
+        self.args_, self.command = args, command
+
+
+@pytest.fixture
+def captured_run(monkeypatch: pytest.MonkeyPatch):
+    import venvoy.cli.main as cli
+
+    def fake(args, command):
+        raise Ran(args, command)
+
+    monkeypatch.setattr(cli, "cmd_run", fake)
+
+    def parse(argv: list[str]) -> Ran:
+        with pytest.raises(Ran) as info:
+            main(argv)
+        return info.value
+
+    return parse
+
+
+@pytest.mark.parametrize("spelling", [
+    ["--runtime", "podman", "--env", "A=1", "-w/tmp"],  # the fast parser's
+    ["--runt", "podman", "--env", "A=1", "-w/tmp"],  # an abbreviation: argparse's
+    ["--runtime=podman", "-eA=1", "--workdir", "/tmp", "-t", "-t"],  # argparse's too
+])
+def test_options_after_the_name_are_not_dropped(captured_run, spelling) -> None:
+    ran = captured_run(["run", "NAME", *spelling, "--", "CMD", "-w", "x"])
+    assert ran.args_.name == "NAME"
+    assert ran.args_.runtime == "podman"
+    assert ran.args_.env == ["A=1"]
+    assert ran.args_.workdir == "/tmp"
+    assert ran.command == ["CMD", "-w", "x"]
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["run", "NAME", "--runtme", "podman", "--mount", "D:/data:ro", "--", "x"], "--runtme"),
+    (["run", "NAME", "--gpu", "intel", "--", "x"], "invalid choice: 'intel'"),
+    (["run", "NAME", "--gpu", "intel", "--gpu", "nvidia", "--", "x"], "invalid choice"),
+    (["run", "NAME", "--bogus", "--", "x"], "--bogus"),
+    (["run", "NAME", "--dry-run", "-x", "--", "x"], "-x"),
+    (["run", "NAME", "other", "--", "x"], "other"),
+    (["run", "NAME", "--tty", "--no-tty", "--", "x"], "not allowed"),
+    # no `--`: an option after NAME is not the command
+    (["run", "NAME", "-e", "A=1", "python3"], "option -e after NAME"),
+    (["run", "NAME", "--runtime", "podman"], "option --runtime after NAME"),
+])
+def test_a_wrong_option_is_refused_never_run_with_defaults(captured_run, capsys, argv,
+                                                            says) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    line = one_error_line(capsys)
+    assert says in line, line
+
+
+def test_command_without_dashes_keeps_its_own_options(captured_run) -> None:
+    ran = captured_run(["run", "-e", "A=1", "--image", "img", "python3", "-e", "B=2", "--x"])
+    assert ran.args_.image == "img" and ran.args_.name is None and ran.args_.env == ["A=1"]
+    assert ran.command == ["python3", "-e", "B=2", "--x"]
+    ran = captured_run(["run", "--runtime", "podman", "NAME", "python3", "-V"])
+    assert (ran.args_.name, ran.args_.runtime, ran.command) == ("NAME", "podman",
+                                                                ["python3", "-V"])
+
+
+def test_dry_run_with_an_unknown_option_runs_nothing(cli_env, capsys, tmp_path: Path,
+                                                     monkeypatch) -> None:
+    cli_env.add("apptainer")
+    sif = tmp_path / "x.sif"
+    sif.touch()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--runtime", "apptainer", "--image", str(sif), "--dry-run", "-x", "--",
+              "true"])
+    assert info.value.code == 2
+    assert "-x" in one_error_line(capsys)
+    assert cli_env.calls("apptainer") == 0
+
+
+# -- one runtime choice, one code path --------------------------------------------------------
+
+class FakeEnvironment:
+    def __init__(self, root: Path) -> None:
+        self.archive = root / "image.tar"
+        self.image_id = "sha256:" + "ab" * 32
+        self.tag = "localhost/venvoy/demo:0123456789ab"
+        self.store = None
+
+
+class Executed(Exception):
+    pass
+
+
+def test_run_chooses_the_runtime_once_and_runs_through_the_library(
+        cli_env, monkeypatch, tmp_path: Path) -> None:
+    """An environment without its runtime form yet: the CLI's runtime goes to the
+    library's run as is (before, prepare_run chose it a second time)."""
+    import venvoy.api.environments as envs
+    import venvoy.runtime.detect as detect
+    import venvoy.runtime.runner as runner
+    import venvoy.store.forms as forms
+
+    cli_env.add("apptainer")
+    monkeypatch.chdir(tmp_path)
+    chosen = []
+    real_choose = detect.choose_runtime
+
+    def counting_choose(*a, **kw):
+        chosen.append(a)
+        return real_choose(*a, **kw)
+
+    def fake_exec(rt, req):
+        raise Executed(rt, req)
+
+    made = []
+    monkeypatch.setattr(detect, "choose_runtime", counting_choose)
+    monkeypatch.setattr(envs, "get", lambda name, store=None: FakeEnvironment(tmp_path))
+    monkeypatch.setattr(forms, "ensure_native",
+                        lambda store, rt, *a: made.append(rt) or str(tmp_path / "made.sif"))
+    monkeypatch.setattr(runner, "exec_run", fake_exec)
+    with pytest.raises(Executed) as info:
+        main(["run", "demo", "--runtime", "apptainer", "-e", "A=1", "--", "python3", "-V"])
+    rt, req = info.value.args
+    assert len(chosen) == 1, chosen
+    assert made == [rt] and rt.name == "apptainer"
+    assert req.image == str(tmp_path / "made.sif")
+    assert ("A", "1") in req.env and req.argv == ("python3", "-V")
+
+
+def test_prepare_run_takes_a_chosen_runtime_and_checks_the_request_first(
+        cli_env, monkeypatch, tmp_path: Path) -> None:
+    import venvoy.api.environments as envs
+    import venvoy.runtime.detect as detect
+    import venvoy.store.forms as forms
+    from venvoy.core.errors import BadRequest
+
+    cli_env.add("apptainer")
+    rt = detect.choose_runtime("apptainer").runtime
+    monkeypatch.setattr(envs, "get", lambda name, store=None: FakeEnvironment(tmp_path))
+    monkeypatch.setattr(detect, "choose_runtime", lambda *a, **k: pytest.fail("chose again"))
+
+    def no_making(*a, **k):
+        raise AssertionError("made a form for a request that is refused")
+
+    monkeypatch.setattr(forms, "ensure_native", no_making)
+    with pytest.raises(BadRequest):
+        envs.prepare_run("demo", ["true"], runtime=rt, env=["1BAD=x"])
+    monkeypatch.setattr(forms, "ensure_native", lambda store, r, *a: f"{r.name}-image")
+    got, req, _ = envs.prepare_run("demo", ["true"], runtime=rt)
+    assert got is rt and req.image == "apptainer-image"
+
+
+# -- a file path given to Docker or Podman: venvoy's one line alone ----------------------------
+
+@pytest.mark.parametrize("runtime", ["docker", "podman"])
+@pytest.mark.parametrize("image", ["/no/such.sif", "./img.tar", "../x", "~/img", "img.sif"])
+def test_path_like_image_for_docker_or_podman_is_one_line(cli_env, capsys, runtime,
+                                                          image) -> None:
+    cli_env.add(runtime)
+    code = main(["run", "--runtime", runtime, "--image", image, "--", "true"])
+    assert code == 125
+    line = one_error_line(capsys)
+    assert f"image {image!r} is a file path" in line and "venvoy load" in line
+    assert cli_env.calls(runtime) == 0  # the runtime never saw it
+
+
+def test_cwd_no_runtime_can_mount_is_one_line_before_any_runtime(cli_env, capsys,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    cli_env.add("apptainer")
+    odd = tmp_path / "data:2024,v1"
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    assert main(["run", "--runtime", "apptainer", "--image", str(tmp_path / "x.sif"), "--",
+                 "true"]) == 125
+    line = one_error_line(capsys)
+    assert "current directory" in line and "cd to a directory" in line
+    assert cli_env.calls("apptainer") == 0
+
+
+# -- dry-run makes nothing ----------------------------------------------------------------------
+
+def test_dry_run_of_an_environment_without_its_form_makes_nothing(cli_env, capsys, monkeypatch,
+                                                                   tmp_path: Path) -> None:
+    import venvoy.store.forms as forms
+    import venvoy.store.records as records
+
+    cli_env.add("apptainer")
+    monkeypatch.chdir(tmp_path)
+    env = FakeEnvironment(tmp_path)
+    monkeypatch.setattr(records, "get", lambda name, store=None: env)
+
+    def no_making(*a, **k):
+        raise AssertionError("--dry-run made a runtime form")
+
+    monkeypatch.setattr(forms, "ensure_native", no_making)
+    with pytest.raises(SystemExit) as info:
+        main(["run", "demo", "--runtime", "apptainer", "--dry-run", "--", "python3", "-V"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1
+    sif = f"{env.image_id.partition(':')[2]}.sif"
+    assert f"/{sif} python3 -V" in out[0]
+    assert not list(tmp_path.rglob("*.sif"))
+    assert cli_env.calls("apptainer") == 0
+
+
+# -- progress goes to stderr, never to stdout, terminal or not ---------------------------------
+
+PROGRESS_SCRIPT = """
+from venvoy.core.progress import Reporter
+rep = Reporter()
+rep.step("resolving")
+for done in range(0, 5_000_001, 500_000):
+    rep.download("numpy-2.0.0-cp311-manylinux.whl", done, 5_000_000)
+rep.step("building")
+rep.close()
+print("DATA")
+"""
+
+
+def _read_all(fd: int) -> bytes:
+    import select
+
+    out = b""
+    while select.select([fd], [], [], 0)[0]:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other side is closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _progress_with(stdout_fd: int, stderr_fd: int) -> None:
+    import subprocess
+    import sys
+
+    env = dict(os.environ, TERM="xterm-256color", COLUMNS="100")
+    env.pop("NO_COLOR", None)
+    subprocess.run([sys.executable, "-c", PROGRESS_SCRIPT], stdout=stdout_fd, stderr=stderr_fd,
+                   stdin=subprocess.DEVNULL, env=env, check=True, timeout=60)
+
+
+def test_progress_never_reaches_a_terminal_stdout(tmp_path: Path) -> None:
+    """`venvoy init ... 2>/dev/null` on a terminal prints nothing: stdout (a real
+    pty here) gets the data alone, stderr (a file) every progress line."""
+    master, slave = os.openpty()
+    try:
+        with open(tmp_path / "stderr", "wb") as err:
+            _progress_with(slave, err.fileno())
+        on_terminal = _read_all(master).decode(errors="replace")
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert on_terminal.replace("\r", "").strip() == "DATA", repr(on_terminal)
+    logged = (tmp_path / "stderr").read_text()
+    assert "venvoy: resolving" in logged and "venvoy: building" in logged
+    assert "downloaded numpy" in logged
+
+
+def test_progress_bar_goes_to_the_terminal_on_stderr_not_stdout() -> None:
+    """Both are terminals: the bar (rich) draws on stderr's, stdout's gets the data alone."""
+    out_master, out_slave = os.openpty()
+    err_master, err_slave = os.openpty()
+    try:
+        _progress_with(out_slave, err_slave)
+        on_stdout = _read_all(out_master).decode(errors="replace")
+        on_stderr = _read_all(err_master).decode(errors="replace")
+    finally:
+        for fd in (out_slave, out_master, err_slave, err_master):
+            os.close(fd)
+    assert on_stdout.replace("\r", "").strip() == "DATA", repr(on_stdout)
+    assert "venvoy: resolving" in on_stderr and "numpy" in on_stderr
+
+
+def test_usage_error_with_a_newline_or_escape_in_an_argument_is_one_line(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["run", "NAME", "--bo\ngus\x1b[2J", "--", "x"])
+    assert info.value.code == 2
+    line = one_error_line(capsys)
+    assert "\x1b" not in line and "--bo\\ngus\\x1b[2J" in line

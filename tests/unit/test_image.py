@@ -394,3 +394,140 @@ def test_open_layers(tmp_path: Path) -> None:
     with image.open_layers(base) as layers:
         names = [[m.name for m in layer] for layer in layers]
     assert names[1] == ["usr", "usr/bin", "usr/bin/tool"]
+
+
+# -- one reader, one platform rule (issue 7) ------------------------------------------------
+
+def other_arch() -> str:
+    return "arm64" if image.host_architecture() != "arm64" else "amd64"
+
+
+def multi_platform_oci(path: Path, platforms: list[tuple[str, str]], *, nested: bool) -> Path:
+    """An OCI archive with one image per (os, architecture), each with a file naming it."""
+    blobs: dict[str, bytes] = {}
+
+    def blob(data: bytes) -> dict[str, object]:
+        blobs[sha(data)] = data
+        return {"digest": sha(data), "size": len(data)}
+
+    descs = []
+    for os_name, arch in platforms:
+        layer = layer_tar([("file", "arch", arch)])
+        cfg = blob(json.dumps({"architecture": arch, "os": os_name,
+                               "config": {"Env": [f"ARCH={arch}"]},
+                               "rootfs": {"type": "layers", "diff_ids": [sha(layer)]}}).encode())
+        manifest = blob(json.dumps({"schemaVersion": 2, "config": cfg,
+                                    "layers": [blob(layer)]}).encode())
+        descs.append({**manifest, "platform": {"architecture": arch, "os": os_name}})
+    if nested:
+        top = [{**blob(json.dumps({"schemaVersion": 2, "manifests": descs}).encode()),
+                "annotations": {"org.opencontainers.image.ref.name": "multi:1"}}]
+    else:
+        top = descs
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "oci-layout", b'{"imageLayoutVersion": "1.0.0"}')
+        _add(tar, "index.json", json.dumps({"schemaVersion": 2, "manifests": top}).encode())
+        for digest, data in blobs.items():
+            _add(tar, "blobs/sha256/" + digest.split(":")[1], data)
+    return path
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_unpack_takes_the_hosts_platform_not_the_first(tmp_path: Path, nested: bool) -> None:
+    host = image.host_architecture()
+    archive = multi_platform_oci(tmp_path / "multi.tar",
+                                 [("linux", other_arch()), ("linux", host)], nested=nested)
+    dest = tmp_path / "img"
+    unpack_image(archive, dest)
+    assert (dest / "arch").read_text() == host
+    assert (dest / "ch" / "environment").read_text() == f"ARCH={host}\n"
+    # every reader agrees: the image built on is the image unpacked
+    assert image.inspect_archive(archive).config["architecture"] == host
+    with image.open_layers(archive) as layers:
+        assert [m.name for layer in layers for m in layer] == ["arch"]
+
+
+def test_archive_without_the_hosts_platform_is_one_clear_error(tmp_path: Path) -> None:
+    archive = multi_platform_oci(tmp_path / "multi.tar",
+                                 [("linux", other_arch()), ("linux", "s390x"), ("unknown", "unknown")],
+                                 nested=True)
+    for call in (image.inspect_archive, lambda a: unpack_image(a, tmp_path / "img")):
+        with pytest.raises(VenvoyError, match=f"no image for linux/{image.host_architecture()}") as info:
+            call(archive)
+        assert "\n" not in str(info.value)
+        assert f"linux/{other_arch()}" in str(info.value)
+    assert not (tmp_path / "img").exists()
+
+
+def test_a_single_image_of_another_platform_is_still_taken(tmp_path: Path) -> None:
+    # attestation manifests ("unknown/unknown") do not count as images
+    archive = multi_platform_oci(tmp_path / "one.tar", [("unknown", "unknown"), ("linux", other_arch())],
+                                 nested=True)
+    unpack_image(archive, tmp_path / "img")
+    assert (tmp_path / "img" / "arch").read_text() == other_arch()
+
+
+def test_docker_archive_with_several_images_takes_the_hosts(tmp_path: Path) -> None:
+    host = image.host_architecture()
+    path = tmp_path / "two.tar"
+    with tarfile.open(path, "w") as tar:
+        entries = []
+        for arch in (other_arch(), host):
+            _add(tar, f"{arch}/layer.tar", layer_tar([("file", "arch", arch)]))
+            _add(tar, f"{arch}.json", json.dumps({"architecture": arch, "os": "linux"}).encode())
+            entries.append({"Config": f"{arch}.json", "RepoTags": [f"x:{arch}"],
+                            "Layers": [f"{arch}/layer.tar"]})
+        _add(tar, "manifest.json", json.dumps(entries).encode())
+    assert image.inspect_archive(path).repo_tags == (f"x:{host}",)
+    unpack_image(path, tmp_path / "img")
+    assert (tmp_path / "img" / "arch").read_text() == host
+
+
+def test_zstd_layers_need_only_zstandard(tmp_path: Path) -> None:
+    import zstandard
+
+    zstd_layer = zstandard.ZstdCompressor().compress(BASE_LAYER)
+    path = tmp_path / "zstd.tar"
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "l0/layer.tar", zstd_layer)
+        _add(tar, "config.json", json.dumps(
+            {"architecture": "amd64", "os": "linux", "config": {},
+             "rootfs": {"type": "layers", "diff_ids": [sha(BASE_LAYER)]}}).encode())
+        _add(tar, "manifest.json", json.dumps(
+            [{"Config": "config.json", "RepoTags": ["z:1"], "Layers": ["l0/layer.tar"]}]).encode())
+    unpack_image(path, tmp_path / "img")
+    assert (tmp_path / "img" / "etc" / "os-release").read_text() == "ID=test\n"
+    info = image.assemble(path, [new_layer(tmp_path)], tmp_path / "out.tar")
+    assert info.diff_ids[0] == sha(BASE_LAYER)  # decompressed, checked against its diff_id
+
+
+def test_damaged_zstd_layer_is_one_clear_error(tmp_path: Path) -> None:
+    import zstandard
+
+    data = zstandard.ZstdCompressor().compress(BASE_LAYER)
+    path = tmp_path / "zstd.tar"
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "l0/layer.tar", data[:20] + b"\xff" * 40 + data[60:])
+        _add(tar, "config.json", b'{"config": {}}')
+        _add(tar, "manifest.json", json.dumps(
+            [{"Config": "config.json", "Layers": ["l0/layer.tar"]}]).encode())
+    with pytest.raises(VenvoyError) as info:
+        unpack_image(path, tmp_path / "img")
+    assert "\n" not in str(info.value)
+    with pytest.raises(VenvoyError):
+        image.assemble(path, [], tmp_path / "out.tar")
+    assert not (tmp_path / "img").exists()
+    assert not (tmp_path / "out.tar").exists()
+
+
+def test_several_images_without_platforms_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "two.tar"
+    with tarfile.open(path, "w") as tar:
+        entries = []
+        for i in range(2):
+            _add(tar, f"{i}/layer.tar", layer_tar([("file", "n", str(i))]))
+            _add(tar, f"{i}.json", json.dumps({"config": {}}).encode())
+            entries.append({"Config": f"{i}.json", "Layers": [f"{i}/layer.tar"]})
+        _add(tar, "manifest.json", json.dumps(entries).encode())
+    with pytest.raises(VenvoyError, match="it has an image that names no platform"):
+        image.inspect_archive(path)

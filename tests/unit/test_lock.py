@@ -24,7 +24,7 @@ from venvoy.build.lock import (
     requirements_txt,
     resolve,
 )
-from venvoy.core.errors import VenvoyError
+from venvoy.core.errors import BadRequest, VenvoyError
 
 H = {c: c * 64 for c in "abcdef"}
 PYPI = "https://files.pythonhosted.org/packages/00/11"
@@ -348,10 +348,15 @@ def test_long_uv_error_is_cut() -> None:
     assert len(err.message) <= 300 and err.message.endswith("…")
 
 
-@pytest.mark.parametrize("line", ["-r other.txt", "--requirement=x.txt", "-rother.txt", "  -c c.txt"])
-def test_included_files_are_refused(line: str) -> None:
-    with pytest.raises(VenvoyError, match="includes another file"):
+@pytest.mark.parametrize("line", ["-r other.txt", "--requirement=x.txt", "-rother.txt", "  -c c.txt",
+                                  "--index-url http://127.0.0.1:9/simple", "-e .",
+                                  "six --extra-index-url=http://x/", "six --config-settings a=b",
+                                  "--find-links /tmp", "six --hash=md5:abc"])
+def test_options_are_refused(line: str) -> None:
+    """The same check as `init -r` and every record read: no option but a sha256 pin."""
+    with pytest.raises(BadRequest, match=r"^requirements:2: ") as info:
         resolve(f"six\n{line}\n", Platform("3.11"))
+    assert "\n" not in str(info.value)
 
 
 # --------------------------------------------------------------------------- resolving (offline, with uv)
@@ -453,3 +458,57 @@ printf 'lock-version = "1.0"\\r\\npackages = []\\r\\n' > pylock.toml
     resolve("six", Platform("3.12"), index_url="https://other.example/simple", upgrade=True)
     args = log.read_text().split()
     assert args[args.index("--index-url") + 1] == "https://other.example/simple" and "--upgrade" in args
+
+
+# --------------------------------------------------------------------------- hash pins, local paths
+
+
+def test_hash_pin_is_honoured(local_index: Path) -> None:
+    """A sha256 --hash pin that matches the locked file is accepted (and kept out of the lock)."""
+    digest = hashlib.sha256((local_index / "alpha-2.0-py3-none-any.whl").read_bytes()).hexdigest()
+    text = resolve(f"alpha --hash=sha256:{digest}\nbeta\n", Platform("3.11"))
+    assert versions(text) == {"alpha": "2.0", "beta": "1.0"}
+    # the separated spelling, an upper-case digest and a second allowed hash are the same pin
+    assert resolve(f"alpha --hash sha256:{digest.upper()} --hash=sha256:{'0' * 64}\nbeta\n",
+                   Platform("3.11")) == text
+
+
+def test_hash_pin_that_does_not_match_is_refused(local_index: Path) -> None:
+    """uv ignores the pin; venvoy refuses the lock, naming the file and its real hash."""
+    wheel = local_index / "alpha-2.0-py3-none-any.whl"
+    with pytest.raises(BadRequest) as info:
+        resolve(f"alpha==2.0 --hash=sha256:{'0' * 64}\n", Platform("3.11"))
+    message = str(info.value)
+    assert message.startswith("alpha 2.0: alpha-2.0-py3-none-any.whl has sha256 "
+                              f"{hashlib.sha256(wheel.read_bytes()).hexdigest()}, which is not")
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("line", "match"), [
+    (f"alpha --hash=sha1:{'0' * 40}", "is not sha256:<64 hex digits>"),
+    ("alpha --hash=sha256:xyz", "is not sha256:<64 hex digits>"),
+    ("alpha --hash", "is not sha256:<64 hex digits>"),
+    (f"--hash=sha256:{'0' * 64}", "a --hash pin without a requirement"),
+    (f"alpha --hash=sha256:{'0' * 64} >=1", "follows a --hash pin"),
+    (f"/abs/alpha-2.0-py3-none-any.whl --hash=sha256:{'0' * 64}", "does not name its package"),
+])
+def test_bad_hash_pins_are_refused(line: str, match: str) -> None:
+    with pytest.raises(BadRequest, match=match):
+        resolve(line + "\n", Platform("3.11"))
+
+
+@pytest.mark.parametrize("line", ["./alpha-2.0-py3-none-any.whl", "alpha @ ../x/alpha.whl",
+                                  "sub/alpha-2.0-py3-none-any.whl"])
+def test_relative_paths_given_as_lines_are_refused(line: str) -> None:
+    """Lines with no requirements file (the library's packages, a record) have nothing
+    to resolve a relative path against: refused, not resolved in uv's temp dir."""
+    with pytest.raises(BadRequest, match="is a relative path"):
+        resolve(line + "\n", Platform("3.11"))
+
+
+def test_absolute_local_wheel_resolves(local_index: Path, tmp_path: Path) -> None:
+    wheel = make_wheel(tmp_path, "gamma", "3.0")
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    text = resolve(f"gamma @ {wheel} --hash=sha256:{digest}\n", Platform("3.11"))
+    (gamma,) = parse(text)
+    assert (gamma.name, gamma.version, gamma.wheels[0].url) == ("gamma", "3.0", str(wheel))

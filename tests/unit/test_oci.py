@@ -265,8 +265,9 @@ def test_not_an_image_archive(tmp_path: Path) -> None:
 def test_not_a_tar_at_all(tmp_path: Path) -> None:
     path = tmp_path / "x.tar"
     path.write_bytes(b"definitely not a tar file" * 40)
-    with pytest.raises(VenvoyError, match="cannot unpack"):
+    with pytest.raises(VenvoyError, match=r"cannot read image archive .*: not a tar archive") as info:
         unpack_image(path, tmp_path / "img")
+    assert "\n" not in str(info.value)
     assert not (tmp_path / "img").exists()
 
 
@@ -306,3 +307,236 @@ def test_charliecloud_load_archive_unpacks_under_dest(tmp_path: Path) -> None:
     result = ch.load_archive(archive, "demo/app:1.0", tmp_path / "images")
     assert result == str(tmp_path / "images" / "demo_app_1.0")
     assert (Path(result) / "hello").read_text() == "hi"
+
+
+# -- never through a link (issue 8, item 1) ----------------------------------------------------
+
+def raw_layer(*members: tuple[tarfile.TarInfo, bytes | None]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def entry(name: str, kind: bytes = tarfile.REGTYPE, *, mode: int = 0o644, uid: int = 0,
+          mtime: int = 1_700_000_000, link: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.uid, info.gid, info.mtime, info.linkname = kind, mode, uid, uid, mtime, link
+    return info
+
+
+def file(name: str, data: bytes, **kw: int) -> tuple[tarfile.TarInfo, bytes]:
+    return entry(name, **kw), data  # type: ignore[arg-type]
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int, int, int, int]]:
+    """Every entry's lstat: what must not change outside the image."""
+    out = {}
+    for path in [root, *root.rglob("*")]:
+        st = os.lstat(path)
+        out[str(path)] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size)
+    return out
+
+
+def canary_dir(tmp_path: Path) -> Path:
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "keep").write_text("keep")
+    canary.chmod(0o751)
+    os.utime(canary, (1_600_000_000, 1_600_000_000))
+    return canary
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+def test_directory_entry_over_a_symlink_never_changes_its_target(tmp_path: Path, absolute: bool) -> None:
+    canary = canary_dir(tmp_path)
+    before = snapshot(canary)
+    target = str(canary) if absolute else "../../canary"
+    layer = raw_layer((entry("v", tarfile.SYMTYPE, link=target), None),
+                      (entry("v", tarfile.DIRTYPE, mode=0o000, uid=4242, mtime=0), None),
+                      file("v/inside", b"x"))
+    dest = tmp_path / "work" / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [layer]), dest)
+    assert snapshot(canary) == before
+    assert not (dest / "v").is_symlink() and (dest / "v").is_dir()
+    assert (dest / "v" / "inside").read_bytes() == b"x"
+    assert os.stat(dest / "v").st_mode & 0o777 == 0o700
+    if os.geteuid() == 0:
+        assert os.stat(dest / "v").st_uid == 4242  # kept as root, on the directory itself
+
+
+def test_directory_over_a_symlink_from_a_lower_layer(tmp_path: Path) -> None:
+    canary = canary_dir(tmp_path)
+    before = snapshot(canary)
+    lower = raw_layer((entry("v", tarfile.SYMTYPE, link=str(canary)), None))
+    upper = raw_layer((entry("v", tarfile.DIRTYPE, mode=0o000, uid=4242, mtime=0), None))
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [lower, upper]), dest)
+    assert snapshot(canary) == before
+    assert (dest / "v").is_dir() and not (dest / "v").is_symlink()
+
+
+def test_symlink_over_a_directory_replaces_it(tmp_path: Path) -> None:
+    canary = canary_dir(tmp_path)
+    before = snapshot(canary)
+    lower = raw_layer((entry("d", tarfile.DIRTYPE, mode=0o755), None), file("d/f", b"1"))
+    upper = raw_layer((entry("d", tarfile.SYMTYPE, link=str(canary), uid=4242), None))
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [lower, upper]), dest)
+    assert os.readlink(dest / "d") == str(canary)
+    assert snapshot(canary) == before
+    if os.geteuid() == 0:
+        assert os.lstat(dest / "d").st_uid == 4242  # the link's owner, not its target's
+
+
+def test_whiteouts_and_opaque_markers_never_act_through_a_link(tmp_path: Path) -> None:
+    canary = canary_dir(tmp_path)
+    before = snapshot(canary)
+    lower = raw_layer((entry("l", tarfile.SYMTYPE, link=str(canary)), None),
+                      (entry("r", tarfile.SYMTYPE, link="../../canary"), None))
+    upper = raw_layer(file("l/.wh.keep", b""),
+                      file("r/.wh..wh..opq", b"n"),
+                      file("l/.wh..wh..opq", b"n"))
+    dest = tmp_path / "work" / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [lower, upper]), dest)
+    assert snapshot(canary) == before
+    assert (dest / "l").is_symlink()
+
+
+def test_metadata_directory_ch_as_a_link_is_replaced_not_written_through(tmp_path: Path) -> None:
+    canary = canary_dir(tmp_path)
+    before = snapshot(canary)
+    layer = raw_layer((entry("ch", tarfile.SYMTYPE, link=str(canary)), None))
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [layer]), dest)
+    assert snapshot(canary) == before
+    assert not (dest / "ch").is_symlink()
+    assert (dest / "ch" / "environment").read_text() == "PATH=/usr/local/bin:/usr/bin\n"
+
+
+def test_file_over_a_dangling_link_is_written_inside(tmp_path: Path) -> None:
+    outside = tmp_path / "made-outside"
+    lower = raw_layer((entry("f", tarfile.SYMTYPE, link=str(outside)), None))
+    upper = raw_layer(file("f", b"inside"))
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [lower, upper]), dest)
+    assert not outside.exists()
+    assert (dest / "f").read_bytes() == b"inside"
+
+
+def test_same_layer_whiteout_and_opaque_hide_only_lower_layers(tmp_path: Path) -> None:
+    lower = layer_tar([("dir", "d"), ("file", "d/old", "o"), ("dir", "d/sub"), ("file", "d/sub/old", "o")])
+    upper = raw_layer(file("d/new", b"n"),
+                      (entry("d/sub", tarfile.DIRTYPE, mode=0o755), None),
+                      file("d/sub/mine", b"n"),
+                      file("d/.wh..wh..opq", b""),
+                      file("d/.wh.new", b""))
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [lower, upper]), dest)
+    assert sorted(os.listdir(dest / "d")) == ["new", "sub"]
+    assert os.listdir(dest / "d" / "sub") == ["mine"]
+
+
+def test_set_id_bits_dropped_on_directories_too(tmp_path: Path) -> None:
+    layer = raw_layer((entry("d", tarfile.DIRTYPE, mode=0o7777), None),
+                      file("d/f", b"x", mode=0o6777))
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [layer]), dest)
+    assert os.stat(dest / "d").st_mode & 0o7777 == 0o755
+    assert os.stat(dest / "d" / "f").st_mode & 0o7777 == 0o755
+
+
+def test_hard_link_to_a_directory_or_missing_file_refused(tmp_path: Path) -> None:
+    assert_refused(tmp_path, [raw_layer((entry("d", tarfile.DIRTYPE), None),
+                                        (entry("h", tarfile.LNKTYPE, link="d"), None))])
+
+
+def test_hard_link_inside_keeps_its_target_mode(tmp_path: Path) -> None:
+    layer = raw_layer(file("a", b"a", mode=0o640),
+                      (entry("b", tarfile.LNKTYPE, link="/a", mode=0o4777), None))
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [layer]), dest)
+    assert os.stat(dest / "b").st_ino == os.stat(dest / "a").st_ino
+    assert os.stat(dest / "a").st_mode & 0o7777 == 0o640
+
+
+def test_file_inside_a_file_refused(tmp_path: Path) -> None:
+    assert_refused(tmp_path, [layer_tar([("file", "f", "1"), ("file", "f/g", "2")])])
+
+
+def test_huge_pax_header_refused_before_it_is_read(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("f")
+        info.pax_headers = {"comment": "x" * (2 << 20)}
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(VenvoyError, match=r"pax header of .* bytes \(more than") as exc:
+        unpack_image(docker_archive(tmp_path / "i.tar", [buf.getvalue()]), tmp_path / "img")
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "img").exists()
+
+
+def sparse_layer(realsize: int, offset: int, data: bytes) -> bytes:
+    """A GNU sparse 1.0 member: ``data`` at ``offset``, holes elsewhere."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("GNUSparseFile.0/s")
+        info.pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                            "GNU.sparse.name": "s", "GNU.sparse.realsize": str(realsize)}
+        payload = f"1\n{offset}\n{len(data)}\n".encode().ljust(512, b"\0") + data
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+def test_sparse_member_keeps_its_holes(tmp_path: Path) -> None:
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [sparse_layer(1 << 30, 4096, b"DATA")]), dest)
+    st = os.stat(dest / "s")
+    assert st.st_size == 1 << 30
+    assert st.st_blocks * 512 < 1 << 20  # the holes take no space
+    with open(dest / "s", "rb") as fh:
+        fh.seek(4090)
+        assert fh.read(12) == b"\0" * 6 + b"DATA" + b"\0" * 2
+
+
+def test_sparse_member_counts_at_its_full_size(tmp_path: Path) -> None:
+    with pytest.raises(VenvoyError, match="more than the limit"):
+        unpack_image(docker_archive(tmp_path / "i.tar", [sparse_layer(1 << 40, 0, b"x")]),
+                     tmp_path / "img")
+    assert not (tmp_path / "img").exists()
+
+
+def test_zstd_compressed_layer(tmp_path: Path) -> None:
+    import zstandard
+
+    layer = zstandard.ZstdCompressor().compress(layer_tar([("file", "z", "zstd")]))
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [layer]), dest)
+    assert (dest / "z").read_text() == "zstd"
+
+
+def test_too_deep_a_tree_refused_and_nothing_left(tmp_path: Path) -> None:
+    assert_refused(tmp_path, [layer_tar([("dir", "/".join(["a"] * 300))])])
+
+
+def test_destination_that_is_a_symlink_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "dest").symlink_to(real)
+    with pytest.raises(VenvoyError, match="symbolic link"):
+        unpack_image(docker_archive(tmp_path / "i.tar", [layer_tar([("file", "f", "1")])]),
+                     tmp_path / "dest")
+    assert os.listdir(real) == []
+
+
+def test_unpacked_size_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VENVOY_ARCHIVE_MAX_BYTES", "1000")
+    layers = [layer_tar([("file", "a", "x" * 600)]), layer_tar([("file", "b", "y" * 600)])]
+    with pytest.raises(VenvoyError, match="more than the limit") as info:
+        unpack_image(docker_archive(tmp_path / "i.tar", layers), tmp_path / "img")
+    assert "VENVOY_ARCHIVE_MAX_BYTES" in str(info.value)
+    assert not (tmp_path / "img").exists()

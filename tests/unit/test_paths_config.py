@@ -24,11 +24,13 @@ def test_venvoy_config_beats_venvoy_home(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="XDG on Linux")
 def test_xdg_directories(tmp_path: Path) -> None:
-    env = {"XDG_CACHE_HOME": str(tmp_path / "c"), "XDG_CONFIG_HOME": str(tmp_path / "f")}
-    assert Path(cache_dir(env)) == tmp_path / "c" / "venvoy"
+    # Caches live inside the one store (XDG_CACHE_HOME is not a second root).
+    env = {"XDG_DATA_HOME": str(tmp_path / "d"), "XDG_CACHE_HOME": str(tmp_path / "c"),
+           "XDG_CONFIG_HOME": str(tmp_path / "f")}
+    assert Path(cache_dir(env)) == tmp_path / "d" / "venvoy" / "cache"
     assert Path(config_file(env)) == tmp_path / "f" / "venvoy" / "config.toml"
     home = {"HOME": str(tmp_path)}
-    assert Path(cache_dir(home)) == tmp_path / ".cache" / "venvoy"
+    assert Path(cache_dir(home)) == tmp_path / ".local" / "share" / "venvoy" / "cache"
     assert Path(config_file(home)) == tmp_path / ".config" / "venvoy" / "config.toml"
 
 

@@ -252,3 +252,24 @@ def test_request_records_caller_ids(in_tmp: str) -> None:
     req = make_request("img", ["true"], tty=False, environ={})
     assert (req.uid, req.gid) == (os.getuid(), os.getgid())
     assert RunRequest("i", ("a",), uid=5, gid=6).uid == 5
+
+
+# -- the automatic mount of the current directory is checked as --mount is -------------------
+
+@pytest.mark.parametrize("dirname", ["a:b", "a,b", "x\ny"])
+def test_cwd_no_runtime_can_mount_is_one_clear_line(tmp_path: Path, monkeypatch, dirname) -> None:
+    odd = tmp_path / dirname
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    with pytest.raises(BadRequest) as info:
+        make_request("img", ["true"])
+    text = one_line(info.value)
+    assert "current directory" in text and "cd to a directory" in text
+
+
+def test_cwd_with_colon_is_fine_when_not_mounted(tmp_path: Path, monkeypatch) -> None:
+    odd = tmp_path / "a:b"
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    req = make_request("img", ["true"], mount_cwd=False)
+    assert req.mounts == () and req.workdir is None

@@ -86,3 +86,31 @@ exit 1
     assert code == 42
     assert marker.read_text().strip() == "usr1"
     assert handler_after is ignore  # venvoy put the previous handler back
+
+
+def test_the_runtime_client_is_asked_to_die_with_venvoy(tmp_path: Path) -> None:
+    """Docker/Podman's client gets SIGTERM when venvoy dies, even by kill -9
+    (PR_SET_PDEATHSIG): the exit status here is what the client was asked for."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    client = tmp_path / "docker"
+    client.write_text(f"#!{sys.executable}\n"
+                      "import ctypes, sys\n"
+                      "sig = ctypes.c_int(-1)\n"
+                      "ctypes.CDLL(None).prctl(2, ctypes.byref(sig), 0, 0, 0)  # PR_GET_PDEATHSIG\n"
+                      "sys.exit(sig.value)\n")
+    client.chmod(0o755)
+    docker = Docker(str(client), {"PATH": "/usr/bin:/bin"})
+    assert run(docker, RunRequest("img", ("true",), tty=False)) == signal.SIGTERM
+
+
+def test_a_runtime_that_cannot_be_started_is_an_oserror(tmp_path: Path) -> None:
+    from venvoy.runtime.runner import spawn
+
+    with pytest.raises(FileNotFoundError):
+        spawn([str(tmp_path / "no-such-docker"), "run"], {})
+    with pytest.raises(PermissionError):
+        (tmp_path / "not-executable").write_text("")
+        spawn([str(tmp_path / "not-executable")], {})

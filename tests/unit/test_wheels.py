@@ -99,6 +99,37 @@ def test_wrong_size_in_cache_is_fetched_again(tmp_path: Path, cache: WheelCache)
     assert cache.fetch([f])[0].read_bytes() == b"0123456789"
 
 
+def test_corrupt_cached_file_of_the_right_size_is_fetched_again(tmp_path: Path,
+                                                                 cache: WheelCache) -> None:
+    """Issue 8 item 7: a damaged entry of the right size used to fail every later init."""
+    src, f = source(tmp_path, "c-1.0-py3-none-any.whl", b"C" * 4096)
+    (path,) = cache.fetch([f])
+    path.write_bytes(b"X" * 4096)  # same size, wrong bytes
+    assert cache.fetch([f]) == [path]
+    assert path.read_bytes() == src.read_bytes()
+    assert leftovers(cache.root) == []
+
+
+def test_corrupt_cached_file_offline_is_a_clear_refusal(tmp_path: Path, cache: WheelCache) -> None:
+    _, f = source(tmp_path, "c-1.0-py3-none-any.whl", b"C" * 4096)
+    (path,) = cache.fetch([f])
+    path.write_bytes(b"X" * 4096)
+    with pytest.raises(VenvoyError, match="damaged there") as info:
+        cache.fetch([f], offline=True)
+    assert "\n" not in str(info.value)
+    assert not path.exists()  # never handed out, never exported
+
+
+def test_corrupt_cached_file_whose_source_changed_is_refused(tmp_path: Path, cache: WheelCache) -> None:
+    src, f = source(tmp_path, "c-1.0-py3-none-any.whl", b"C" * 4096)
+    (path,) = cache.fetch([f])
+    path.write_bytes(b"X" * 4096)
+    src.write_bytes(b"D" * 4096)  # the index now serves another file
+    with pytest.raises(VenvoyError, match="does not match the sha256 the lock gives"):
+        cache.fetch([f])
+    assert not path.exists() and leftovers(cache.root) == []
+
+
 def test_missing_source(tmp_path: Path, cache: WheelCache) -> None:
     f = LockedFile((tmp_path / "gone.whl").as_uri(), "gone.whl", "a" * 64, None)
     with pytest.raises(VenvoyError, match=re.escape("cannot read gone.whl")):

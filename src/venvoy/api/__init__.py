@@ -1,0 +1,4 @@
+"""The library: what the CLI and Python users call, one code path each --
+``environments`` (init, lock, run, verify, list, remove, export, import), the
+seed's ``VenvoyEnvironment`` and ``ContainerManager``.
+"""

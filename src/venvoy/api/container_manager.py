@@ -1,4 +1,4 @@
-"""The seed's runtime API, kept exactly as documented, on top of :mod:`venvoy.detect`.
+"""The seed's runtime API, kept exactly as documented, on top of :mod:`venvoy.runtime.detect`.
 
 ::
 

@@ -1,4 +1,4 @@
-"""The seed's Python API, on the same code path as the CLI (:mod:`venvoy.envs`)::
+"""The seed's Python API, on the same code path as the CLI (:mod:`venvoy.api.environments`)::
 
     from venvoy import VenvoyEnvironment
 
@@ -37,11 +37,13 @@ class VenvoyEnvironment:
     def initialize(self, force: bool = False, quiet: bool = True) -> dict[str, Any]:
         """Build the environment (a no-op when nothing changed); returns its record."""
         from venvoy.api import environments as envs
-        from venvoy.build.requirements import read_requirements
+        from venvoy.build.requirements import check_lines, read_requirements
         from venvoy.core.progress import Reporter
 
         text = read_requirements(self.requirements_files)
-        text += "".join(f"{p.strip()}\n" for p in self.packages if p.strip())
+        # The same check as `init -r` and every record: no pip options, no control characters.
+        text += check_lines("".join(f"{p.strip()}\n" for p in self.packages if p.strip()),
+                            "packages")
         rep = Reporter(quiet=quiet)
         try:
             env, _built = envs.init(self.name, python=self.python_version, requirements_text=text,

@@ -3,19 +3,57 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import json
 import os
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from venvoy.build.environment import init
+from venvoy.build import environment as building
 from venvoy.build.requirements import normalize
-from venvoy.core.errors import ImageNotFound, VenvoyError
+from venvoy.core.errors import DamagedError, ImageNotFound, VenvoyError
+from venvoy.store import records
 from venvoy.store.layout import Store
-from venvoy.store.records import Environment, get, list_envs, remove
-from venvoy.transport.dispatch import import_any
+from venvoy.store.records import Environment, safe_text
+from venvoy.transport import dispatch
+
+if TYPE_CHECKING:
+    from venvoy.runtime.base import Runtime
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: OS errors that mean "the store (or the output) cannot be written here":
+#: a read-only or foreign store, a full disk. One line, never a traceback.
+_ACCESS_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+
+
+def store_errors(func: Callable[P, R]) -> Callable[P, R]:
+    """Turn a permission, read-only or full-disk error into one clear VenvoyError."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return func(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno not in _ACCESS_ERRNOS:
+                raise
+            where = safe_text(str(exc.filename)) if exc.filename else "the store"
+            raise VenvoyError(f"cannot write {where}: {exc.strerror or exc}",
+                              "venvoy needs a store it can write (VENVOY_HOME) and free space; "
+                              "fix the permissions or choose another directory") from None
+
+    return wrapper
+
+
+init = store_errors(building.init)
+get = store_errors(records.get)
+list_envs = store_errors(records.list_envs)
+remove = store_errors(records.remove)
+import_any = store_errors(dispatch.import_any)
 
 #: Runs inside the environment: every installed distribution, and every file
 #: its RECORD lists with a hash, checked against the hash. Prints JSON.
@@ -57,26 +95,34 @@ json.dump(out, sys.stdout)
 
 
 
-def prepare_run(name: str, argv: Sequence[str], *, runtime: str | None = None,
+@store_errors
+def prepare_run(name: str, argv: Sequence[str], *, runtime: str | Runtime | None = None,
                 mounts: Iterable[str] = (), env: Iterable[str] | Mapping[str, str] = (),
                 env_pass: Iterable[str] = (), workdir: str | None = None, gpu: str | None = None,
                 tty: bool | None = None, progress: Callable[[str], None] | None = None,
                 store: Store | None = None) -> tuple[Any, Any, Environment]:
-    """The runtime and request for running ``argv`` in environment ``name``."""
+    """The runtime and request for running ``argv`` in environment ``name``.
+
+    ``runtime``: a name (or None: VENVOY_RUNTIME, the config, detection), or a
+    runtime already chosen (the CLI's): it is used as is, never chosen again.
+    The request is checked before the runtime's form of the image is made.
+    """
+    from venvoy.runtime.base import Runtime
     from venvoy.runtime.detect import choose_runtime
     from venvoy.runtime.request import make_request
     from venvoy.store.forms import ensure_native
 
     store = store or Store()
     environment = get(name, store)
-    rt = choose_runtime(runtime, store.environ).runtime
-    image = ensure_native(store, rt, environment.archive, environment.image_id, environment.tag,
-                          progress)
-    req = make_request(image, argv, mounts=mounts, env=env, env_pass=env_pass, workdir=workdir,
-                       gpu=gpu, tty=tty)
+    req = make_request("environment", argv, mounts=mounts, env=env, env_pass=env_pass,
+                       workdir=workdir, gpu=gpu, tty=tty)
+    rt = runtime if isinstance(runtime, Runtime) else choose_runtime(runtime, store.environ).runtime
+    req.image = ensure_native(store, rt, environment.archive, environment.image_id,
+                              environment.tag, progress)
     return rt, req, environment
 
 
+@store_errors
 def run(name: str, argv: Sequence[str], *, exec_: bool = False, **kw: Any) -> int:
     """Run ``argv`` in the environment; returns its exit status (or execs, for the CLI)."""
     from venvoy.runtime import runner
@@ -97,6 +143,7 @@ def run(name: str, argv: Sequence[str], *, exec_: bool = False, **kw: Any) -> in
         return runner.run(rt, req)
 
 
+@store_errors
 def verify(name: str, *, runtime: str | None = None, store: Store | None = None) -> dict[str, Any]:
     """Check inside the container that what is installed is what the lock says."""
     from venvoy.build.lock import parse
@@ -105,13 +152,22 @@ def verify(name: str, *, runtime: str | None = None, store: Store | None = None)
                                        runtime=runtime, tty=False, store=store)
     inv = rt.invocation(req)
     proc = subprocess.run(inv.argv, env=inv.env, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True)
+                          text=True, errors="replace")
     if proc.returncode != 0:
         raise VenvoyError(f"verification could not run in {name} with {rt.name}: "
-                          f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    found = json.loads(proc.stdout)
+                          f"{safe_text((proc.stderr.strip().splitlines() or ['?'])[-1])}")
+    try:
+        found = json.loads(proc.stdout)
+        # What the image says is shown, never obeyed: names a hostile image gives are
+        # made printable (no escape codes reach the terminal through the report).
+        installed = {safe_text(str(k)): safe_text(str(v)) for k, v in found["dists"].items()}
+        modified = [(safe_text(str(p)), safe_text(str(f))) for p, f in found["modified"]]
+        missing = [(safe_text(str(p)), safe_text(str(f))) for p, f in found["missing"]]
+        checked = int(found["checked"])
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise DamagedError(f"verification in {name} with {rt.name} printed no report",
+                           f"the image may be damaged: `venvoy init {name} --force`") from None
     locked = {normalize(p.name): p.version for p in parse(environment.lock_text)}
-    installed: dict[str, str] = found["dists"]
     report = {
         "name": name, "runtime": rt.name, "identity": environment.identity,
         "missing_packages": sorted(set(locked) - set(installed)),
@@ -119,9 +175,9 @@ def verify(name: str, *, runtime: str | None = None, store: Store | None = None)
         "version_mismatches": [{"package": n, "locked": v, "installed": installed[n]}
                                for n, v in sorted(locked.items())
                                if n in installed and installed[n] != v],
-        "modified_files": [{"package": p, "path": f} for p, f in found["modified"]],
-        "missing_files": [{"package": p, "path": f} for p, f in found["missing"]],
-        "checked_files": found["checked"], "packages": len(installed),
+        "modified_files": [{"package": p, "path": f} for p, f in modified],
+        "missing_files": [{"package": p, "path": f} for p, f in missing],
+        "checked_files": checked, "packages": len(installed),
     }
     report["ok"] = not any(report[k] for k in ("missing_packages", "unexpected_packages",
                                                "version_mismatches", "modified_files",
@@ -131,6 +187,7 @@ def verify(name: str, *, runtime: str | None = None, store: Store | None = None)
 
 
 
+@store_errors
 def lock(name: str, *, upgrade: bool = False, runtime: str | None = None,
          offline: bool | None = None, progress: Callable[[str], None] | None = None,
          download_progress: Callable[[str, int, int], None] | None = None,
@@ -144,6 +201,7 @@ def lock(name: str, *, upgrade: bool = False, runtime: str | None = None,
                 download_progress=download_progress, store=store)
 
 
+@store_errors
 def export(name: str, fmt: str = "archive", output: str | os.PathLike[str] | None = None, *,
            with_sif: bool = False, progress: Callable[[str], None] | None = None,
            download_progress: Callable[[str, int, int], None] | None = None,

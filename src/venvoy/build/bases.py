@@ -1,6 +1,7 @@
 """Where an environment's base image comes from.
 
-In order of preference, for ``venvoy create --python X.Y`` with no ``--base``:
+In order of preference (the rows of :data:`SOURCES`), for
+``venvoy init NAME --python X.Y`` with no ``--base``:
 
 1. the official ``python:X.Y-slim`` image, pulled with Docker or Podman and
    saved to a Docker archive in the store (skipped offline, or when no
@@ -12,6 +13,8 @@ In order of preference, for ``venvoy create --python X.Y`` with no ``--base``:
 
 ``--base`` names a tar (a Docker or OCI archive, or a plain root file system
 tar) or an image reference (a local Docker/Podman image, else pulled).
+Everything a runtime does (inspect, pull, save) is asked of its adapter
+(``has_image_store``, ``image_id``, ``pull``, ``save``), never decided by its name.
 
 Every base lands in ``<store>/bases/`` as a read-only Docker archive with a
 small JSON record beside it (image ID, Python, glibc, where it came from), so
@@ -22,9 +25,10 @@ processes asking at once make it exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import lzma
 import os
-import platform
 import re
 import shutil
 import socket
@@ -32,14 +36,26 @@ import subprocess
 import tarfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from venvoy.core.errors import VenvoyError
-from venvoy.image.oci import ImageInfo, copy_as_docker_archive, host_architecture, inspect_archive, open_layers, rootfs_to_archive
-from venvoy.core.fs import sha256_file
+from venvoy.core.errors import RuntimeFailed, VenvoyError
+from venvoy.core.fs import TMP_PREFIX, atomic_write, clean_stale, file_lock, sha256_file, temp_name
+from venvoy.core.platform import KNOWN_PYTHONS, check_python, host, is_python_version
+from venvoy.image.compress import HEAD, kind_of
+from venvoy.image.oci import (
+    ImageInfo,
+    copy_as_docker_archive,
+    inspect_archive,
+    open_archive,
+    open_layers,
+    read_source,
+    rootfs_to_archive,
+)
+from venvoy.store.layout import BASES_DIR
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,8 +63,6 @@ if TYPE_CHECKING:
 
 #: Python version -> the Debian suite whose ``python3`` it is.
 OFFLINE_SUITES = {"3.11": "bookworm", "3.13": "trixie"}
-#: Python versions with an official ``python:X.Y-slim`` image.
-KNOWN_PYTHONS = ("3.9", "3.10", "3.11", "3.12", "3.13", "3.14")
 #: glibc of Debian and Ubuntu releases, when the libc file itself says nothing.
 CODENAME_GLIBC = {
     "buster": "2.28", "bullseye": "2.31", "bookworm": "2.36", "trixie": "2.41", "forky": "2.41",
@@ -59,10 +73,9 @@ DEFAULT_REGISTRY = "docker.io/library"
 BOOTSTRAP_PACKAGES = ("python3", "python3-venv", "python3-pip", "ca-certificates")
 #: Seconds to wait for a TCP connection to a registry before calling it unreachable.
 PROBE_TIMEOUT_S = 5.0
-_DEBIAN_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-                "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64", "i686": "i386",
-                "i386": "i386", "armv7l": "armhf"}
 _RECORD_VERSION = 1
+#: The most a base's JSON record may hold (real ones: a few hundred bytes).
+_MAX_RECORD = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -89,49 +102,94 @@ def resolve_base(python: str, base: str | None, *, store: Path, runtime: Runtime
                  offline: bool = False, progress: Progress | None = None) -> BaseImage:
     """The base image for an environment with Python ``python`` (see the module doc)."""
     say = progress or _quiet
-    if python not in KNOWN_PYTHONS:
-        raise VenvoyError(f"unknown Python version {python!r}",
-                          "choose one of " + ", ".join(KNOWN_PYTHONS))
-    bases = Path(store) / "bases"
+    check_python(python)
+    bases = Path(store) / BASES_DIR
     if base:
         found = _from_base_arg(base, bases, runtime, offline, say)
-        return _check_python(found, python)
+        return _same_python(found, python)
+    return _from_sources(python, bases, runtime, offline, say)
+
+
+# -- the sources of a base, in order of preference ---------------------------------------
+
+@dataclass(frozen=True)
+class BaseSource:
+    """A row of :data:`SOURCES`: one place a base for ``--python X.Y`` (no ``--base``) comes from.
+
+    ``unavailable`` says, without trying, why this source cannot give Python
+    ``X.Y`` here (or None); ``make`` gives the base or raises a VenvoyError,
+    and the next row is tried. ``hint`` is what would make it work, for the
+    error when every row failed.
+    """
+
+    label: str
+    online: bool  #: needs a network: skipped with --offline
+    hint: str
+    unavailable: Callable[[str, Runtime | None], str | None]
+    make: Callable[[str, Path, Runtime | None, Progress], BaseImage]
+
+
+def _official_unavailable(python: str, runtime: Runtime | None) -> str | None:
+    if runtime is not None and runtime.has_image_store:
+        return None
+    what = runtime.name if runtime is not None else "no runtime"
+    return f"pull {official_reference(python)}: needs Docker or Podman ({what} chosen)"
+
+
+def _official(python: str, bases: Path, runtime: Runtime | None, say: Progress) -> BaseImage:
+    return _from_reference(official_reference(python), bases, runtime, say)
+
+
+def _debian_unavailable(python: str, runtime: Runtime | None) -> str | None:
+    if python in OFFLINE_SUITES:
+        return None
+    return "Debian bootstrap gives " + " or ".join(f"{v} ({s})" for v, s in OFFLINE_SUITES.items())
+
+
+def _debian(python: str, bases: Path, runtime: Runtime | None, say: Progress) -> BaseImage:
+    return bootstrap(OFFLINE_SUITES[python], bases, progress=say)
+
+
+#: Where a base comes from when ``--base`` is not given, first choice first.
+#: Adding a source is one function (publishing with :func:`_publish` under
+#: :func:`_locked`, see :func:`bootstrap`) and one row here.
+SOURCES: tuple[BaseSource, ...] = (
+    BaseSource("the official image", True, "make a registry reachable",
+               _official_unavailable, _official),
+    BaseSource("a Debian bootstrap", False, "set VENVOY_DEBIAN_MIRROR to a reachable Debian mirror",
+               _debian_unavailable, _debian),
+)
+
+
+def _from_sources(python: str, bases: Path, runtime: Runtime | None, offline: bool,
+                  say: Progress) -> BaseImage:
+    """The first base :data:`SOURCES` gives; one line listing every reason when none does."""
     tried: list[str] = []
-    if not offline:
-        ref = official_reference(python)
-        if runtime is not None and runtime.name in ("docker", "podman"):
-            try:
-                return _check_python(_from_reference(ref, bases, runtime, say), python)
-            except VenvoyError as exc:
-                tried.append(_one_line(exc.message))
-                if python in OFFLINE_SUITES:
-                    say(f"{_one_line(exc.message)}; falling back to a Debian bootstrap")
-        else:
-            what = runtime.name if runtime is not None else "no runtime"
-            tried.append(f"pull {ref}: needs Docker or Podman ({what} chosen)")
-            if python in OFFLINE_SUITES:
-                say(f"no Docker or Podman to pull {ref} with ({what} chosen); using a Debian bootstrap")
-    suite = OFFLINE_SUITES.get(python)
-    if suite is None:
-        choices = " or ".join(f"{v} ({s})" for v, s in OFFLINE_SUITES.items())
-        if offline:
-            raise VenvoyError(
-                f"no offline base for Python {python}: Debian bootstrap gives {choices}",
-                f"pass --base with a Python {python} image or tar, or go online")
-        raise VenvoyError(
-            f"no base image for Python {python}: {'; '.join(tried)}; "
-            f"a Debian bootstrap gives only {choices}",
-            f"pass --base with a Python {python} image or tar, or make a registry reachable")
-    try:
-        return _check_python(bootstrap(suite, bases, progress=say), python)
-    except VenvoyError as exc:
-        if not tried:
-            raise
-        tried.append(f"Debian {suite} bootstrap: {_one_line(exc.message)}")
-        raise VenvoyError(
-            f"no base image for Python {python}: {'; '.join(tried)}",
-            f"pass --base with a Python {python} image or tar, make a registry reachable, "
-            "or set VENVOY_DEBIAN_MIRROR to a reachable Debian mirror") from None
+    hints: list[str] = []
+    failed: list[VenvoyError] = []
+    for source in SOURCES:
+        if offline and source.online:
+            continue
+        why = source.unavailable(python, runtime)
+        if why is not None:
+            tried.append(why)
+            continue
+        if tried:
+            say(f"{tried[-1]}; falling back to {source.label}")
+        try:
+            return _same_python(source.make(python, bases, runtime, say), python)
+        except VenvoyError as exc:
+            tried.append(_one_line(exc.message))
+            hints.append(source.hint)
+            failed.append(exc)
+    if len(tried) == 1 and failed:
+        raise failed[0]  # the one source there was said why, in full
+    hints.insert(0, f"pass --base with a Python {python} image or tar")
+    if offline:
+        hints.append("go online")
+    what = "no offline base" if offline else "no base image"
+    raise VenvoyError(f"{what} for Python {python}: {'; '.join(tried)}",
+                      ", ".join(hints[:-1]) + (", or " if len(hints) > 1 else "") + hints[-1])
 
 
 def official_reference(python: str) -> str:
@@ -140,7 +198,7 @@ def official_reference(python: str) -> str:
     return f"{registry}/python:{python}-slim"
 
 
-def _check_python(found: BaseImage, python: str) -> BaseImage:
+def _same_python(found: BaseImage, python: str) -> BaseImage:
     if found.python != python:
         raise VenvoyError(f"base image {found.source} has Python {found.python}, not {python}",
                           f"use --python {found.python}, or a base image with Python {python}")
@@ -162,13 +220,24 @@ def _record_path(bases: Path, key: str) -> Path:
 def _cached(bases: Path, key: str) -> BaseImage | None:
     """The stored base under ``key`` if it is complete, else None."""
     try:
-        data = json.loads(_record_path(bases, key).read_text())
+        data = json.loads(_record_path(bases, key).read_bytes()[:_MAX_RECORD])
+        if not isinstance(data, dict) or data.get("version") != _RECORD_VERSION:
+            return None
+        # a damaged or edited record is remade, never followed outside bases/
+        if data.get("archive") != f"{key}.tar" or not _is_image_id(data.get("image_id")) \
+                or not is_python_version(data.get("python")) or not isinstance(data.get("source"), str) \
+                or not isinstance(data.get("glibc"), str) or not re.fullmatch(r"2\.\d+", data["glibc"]):
+            return None
         archive = bases / data["archive"]
-        if data.get("version") != _RECORD_VERSION or archive.stat().st_size != data["size"]:
+        if archive.stat().st_size != data.get("size"):
             return None
         return BaseImage(archive, data["image_id"], data["python"], data["glibc"], data["source"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, RecursionError):
         return None
+
+
+def _is_image_id(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", value) is not None
 
 
 def _publish(bases: Path, key: str, tmp_archive: Path, source: str,
@@ -182,52 +251,30 @@ def _publish(bases: Path, key: str, tmp_archive: Path, source: str,
     record = {"version": _RECORD_VERSION, "archive": archive.name, "size": archive.stat().st_size,
               "image_id": info.image_id, "python": python, "glibc": glibc, "source": source,
               **(extra or {})}
-    tmp_record = _tmp(bases, f"{key}.json")
-    tmp_record.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp_record, _record_path(bases, key))
+    atomic_write(_record_path(bases, key), json.dumps(record, indent=1, sort_keys=True) + "\n")
     return BaseImage(archive, info.image_id, python, glibc, source)
 
 
 def _tmp(bases: Path, name: str) -> Path:
-    return bases / f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    """An owner-tagged name (venvoy.core.fs): what a killed run left is cleaned later."""
+    return bases / temp_name(f"{TMP_PREFIX}{name[:80]}")
 
 
-class _Locked:
-    """A per-key file lock; says so when another process holds it."""
-
-    def __init__(self, bases: Path, key: str, say: Progress) -> None:
-        import filelock
-
-        bases.mkdir(parents=True, exist_ok=True)
-        self.path = bases / f"{key}.lock"
-        self.lock = filelock.FileLock(str(self.path))
-        self.say = say
-
-    def __enter__(self) -> None:
-        import filelock
-
-        try:
-            self.lock.acquire(timeout=0)
-            return
-        except filelock.Timeout:
-            self.say(f"waiting for another venvoy that is making the same base image ({self.path})")
-        timeout = float(os.environ.get("VENVOY_LOCK_TIMEOUT", "1800"))
-        try:
-            self.lock.acquire(timeout=timeout)
-        except filelock.Timeout:
-            raise VenvoyError(f"waited {timeout:.0f} s for the lock {self.path}",
-                              "another venvoy is still making this base image; "
-                              "if none is running, delete the lock file") from None
-
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release()
+def _locked(bases: Path, key: str, say: Progress) -> contextlib.AbstractContextManager[None]:
+    """The per-key lock (venvoy.core.fs.file_lock); says so when another process holds it."""
+    path = bases / f"{key}.lock"
+    clean_stale(bases)  # what a killed run left half-made (its owner is gone)
+    return file_lock(path, timeout=float(os.environ.get("VENVOY_LOCK_TIMEOUT", "1800")),
+                     what=f"the base image {key}",
+                     waiting=lambda: say("waiting for another venvoy that is making the same "
+                                         f"base image ({path})"))
 
 
 # -- Debian bootstrap ------------------------------------------------------------------
 
 def debian_architecture() -> str:
-    machine = platform.machine().lower()
-    return _DEBIAN_ARCH.get(machine, machine)
+    """This machine's architecture as Debian names it (``dpkg --print-architecture``)."""
+    return host().debian
 
 
 def bootstrap(suite: str, bases: Path, *, progress: Progress | None = None) -> BaseImage:
@@ -238,7 +285,7 @@ def bootstrap(suite: str, bases: Path, *, progress: Progress | None = None) -> B
     found = _cached(bases, key)
     if found is not None:
         return found
-    with _Locked(bases, key, say):
+    with _locked(bases, key, say):
         found = _cached(bases, key)  # made by another process while we waited
         if found is not None:
             return found
@@ -266,7 +313,7 @@ def bootstrap(suite: str, bases: Path, *, progress: Progress | None = None) -> B
                     f"mmdebstrap {suite} failed (exit {proc.returncode}): {_log_error(log)}",
                     f"full log: {log}; check that {mirror} is reachable (VENVOY_DEBIAN_MIRROR)")
             rootfs_to_archive(rootfs, tmp_archive, repo_tag=f"localhost/venvoy-base:debian-{suite}",
-                              architecture=host_architecture())
+                              architecture=host().oci)
             found = _publish(bases, key, tmp_archive, f"Debian {suite} bootstrap (mmdebstrap)",
                              {"suite": suite, "arch": arch, "mirror": mirror})
         except OSError as exc:
@@ -310,15 +357,18 @@ def _from_base_arg(base: str, bases: Path, runtime: Runtime | None, offline: boo
 
 def _tar_kind(path: Path) -> str:
     """"image" (docker-archive or OCI layout), "rootfs", or a VenvoyError."""
+    names = set()
     try:
-        with tarfile.open(path, mode="r:*") as tar:
-            names = set()
+        with open_archive(path) as tar:  # tar headers bounded: the file may be anyone's
             for member in tar:
                 name = member.name
                 while name.startswith("./"):
                     name = name[2:]
                 names.add(name.rstrip("/"))
-    except (OSError, tarfile.TarError, EOFError) as exc:
+    except VenvoyError as exc:
+        raise VenvoyError(f"base {path} is not a readable tar: {exc.message}",
+                          "pass a `docker save`/`podman save` tar or a tar of a root file system") from None
+    except (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise VenvoyError(f"base {path} is not a readable tar: {exc}") from None
     if "manifest.json" in names or "index.json" in names:
         return "image"
@@ -343,10 +393,10 @@ def from_tar(path: Path, bases: Path, *, progress: Progress | None = None) -> Ba
     stamp = {"src_path": str(path), "src_size": st.st_size, "src_mtime_ns": st.st_mtime_ns}
     for record in sorted(bases.glob("file-*.json")) if bases.is_dir() else []:
         try:
-            data = json.loads(record.read_text())
-        except (OSError, ValueError):
+            data = json.loads(record.read_bytes()[:_MAX_RECORD])
+        except (OSError, ValueError, RecursionError):
             continue
-        if all(data.get(k) == v for k, v in stamp.items()):
+        if isinstance(data, dict) and all(data.get(k) == v for k, v in stamp.items()):
             found = _cached(bases, record.stem)
             if found is not None:
                 return found
@@ -355,7 +405,7 @@ def from_tar(path: Path, bases: Path, *, progress: Progress | None = None) -> Ba
         key = f"file-{sha256_file(path)[:32]}"
     except OSError as exc:
         raise VenvoyError(f"cannot read base {path}: {exc.strerror}") from None
-    with _Locked(bases, key, say):
+    with _locked(bases, key, say):
         found = _cached(bases, key)
         if found is not None:
             _update_record(bases, key, stamp)
@@ -381,55 +431,50 @@ def from_tar(path: Path, bases: Path, *, progress: Progress | None = None) -> Ba
 def _update_record(bases: Path, key: str, extra: dict[str, Any]) -> None:
     try:
         record = _record_path(bases, key)
-        data = json.loads(record.read_text())
+        data = json.loads(record.read_bytes()[:_MAX_RECORD])
+        if not isinstance(data, dict):
+            return
         data.update(extra)
-        tmp = _tmp(bases, record.name)
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        os.replace(tmp, record)
-    except (OSError, ValueError):
+        atomic_write(record, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    except (OSError, ValueError, RecursionError):
         pass  # only a cache hint
 
 
 def _is_plain_docker_archive(path: Path) -> bool:
-    """An uncompressed docker-archive whose layers are uncompressed: usable as it is."""
+    """An uncompressed docker-archive of one image whose layers are uncompressed: usable as it is.
+
+    Anything else (compressed, an OCI layout, several images) is rewritten by
+    :func:`copy_as_docker_archive`, which reads it the same way as every reader.
+    """
     with open(path, "rb") as fh:
-        if fh.read(2) == b"\x1f\x8b":
+        if kind_of(fh.read(HEAD)) != "none":
             return False
-    with tarfile.open(path, mode="r:") as tar:
-        manifest_fh = tar.extractfile("manifest.json") if "manifest.json" in tar.getnames() else None
+    with open_archive(path) as tar:
+        names = tar.getnames()
+        if "manifest.json" not in names or names.count("manifest.json") != 1:
+            return False
+        source = read_source(tar, path)  # one clear error for a malformed manifest
+        manifest_fh = tar.extractfile("manifest.json")
         if manifest_fh is None:
             return False
         with manifest_fh:
-            manifest = json.load(manifest_fh)
-        for layer in manifest[0].get("Layers") or []:
+            try:
+                entries = json.loads(manifest_fh.read(_MAX_RECORD * 16))
+            except (ValueError, RecursionError):
+                return False
+        if not isinstance(entries, list) or len(entries) != 1:
+            return False
+        for layer in source.layers:
             layer_fh = tar.extractfile(layer)
             if layer_fh is None:
                 return False
             with layer_fh:
-                if layer_fh.read(2) == b"\x1f\x8b":
+                if kind_of(layer_fh.read(HEAD)) != "none":
                     return False
     return True
 
 
 # -- image references: Docker / Podman ------------------------------------------------
-
-def _runtime_run(runtime: Runtime, args: list[str], timeout: float | None = None,
-                 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([runtime.path, *args], stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, env=dict(runtime.environ), timeout=timeout)
-
-
-def _local_image_id(runtime: Runtime, ref: str) -> str | None:
-    try:
-        proc = _runtime_run(runtime, ["image", "inspect", "--format", "{{.Id}}", ref], timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    out = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not out:
-        return None
-    image_id = out[0].strip()
-    return image_id if image_id.startswith("sha256:") else f"sha256:{image_id}"
-
 
 def registry_endpoint(ref: str) -> tuple[str, int] | None:
     """(host, port) of the registry an image reference is pulled from; None when not worth probing."""
@@ -495,18 +540,27 @@ def _pull(runtime: Runtime, ref: str, say: Progress) -> None:
     if problem:
         raise VenvoyError(f"cannot pull {ref}: {problem}",
                           "pass --base with an image tar or a local image, or use --offline")
-    timeout = float(os.environ.get("VENVOY_PULL_TIMEOUT", "900"))
+    timeout = pull_timeout()
     say(f"pulling {ref} with {runtime.name}")
     try:
-        proc = _runtime_run(runtime, ["pull", ref], timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise VenvoyError(f"{runtime.name} pull {ref} took more than {timeout:.0f} s",
-                          "set VENVOY_PULL_TIMEOUT, or pass --base with an image tar") from None
-    except OSError as exc:
-        raise VenvoyError(f"cannot run {runtime.path}: {exc.strerror}") from None
-    if proc.returncode != 0:
-        raise VenvoyError(f"{runtime.name} pull {ref} failed: {_one_line(proc.stderr or proc.stdout)}",
-                          "check the name, or pass --base with an image tar or a local image")
+        runtime.pull(ref, timeout=timeout)
+    except RuntimeFailed as exc:
+        raise RuntimeFailed(_one_line(exc.message),
+                            "check the name, or pass --base with an image tar or a local image "
+                            f"(a slow registry: raise VENVOY_PULL_TIMEOUT, now {timeout:.0f} s)") from None
+
+
+def pull_timeout() -> float:
+    """Seconds a pull may take (``VENVOY_PULL_TIMEOUT``, default 900)."""
+    text = os.environ.get("VENVOY_PULL_TIMEOUT", "").strip() or "900"
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise VenvoyError(f"VENVOY_PULL_TIMEOUT={text!r} is not a number of seconds",
+                          "set it to a positive number, e.g. 900, or unset it")
+    return value
 
 
 def _qualified(ref: str) -> str:
@@ -520,46 +574,41 @@ def _qualified(ref: str) -> str:
 def _from_reference(ref: str, bases: Path, runtime: Runtime | None, say: Progress, *,
                     pull: bool = True) -> BaseImage:
     """A base from an image Docker or Podman has (or pulls): saved into the store, keyed by image ID."""
-    if runtime is None or runtime.name not in ("docker", "podman"):
+    if runtime is None or not runtime.has_image_store:
         what = runtime.name if runtime is not None else "no container runtime"
         raise VenvoyError(
             f"base image {ref} needs Docker or Podman to read it ({what} is in use)",
             f"save it to a tar where Docker or Podman is (`docker save -o base.tar {ref}`) and "
             "pass --base base.tar")
-    image_id = _local_image_id(runtime, ref)
+    image_id = runtime.image_id(ref)
     name = ref
     if image_id is None:
         name = _qualified(ref)
         if name != ref:
-            image_id = _local_image_id(runtime, name)
+            image_id = runtime.image_id(name)
     if image_id is None:
         if not pull:
             raise VenvoyError(f"base image {ref} is not in {runtime.name}'s local images and "
                               "--offline forbids pulling it",
                               "pull or load it first, pass a tar with --base, or go online")
         _pull(runtime, name, say)
-        image_id = _local_image_id(runtime, name)
+        image_id = runtime.image_id(name)
         if image_id is None:
-            raise VenvoyError(f"{runtime.name} pulled {name} but cannot find it now")
+            raise RuntimeFailed(f"{runtime.name} pulled {name} but cannot find it now",
+                                "try again; if it persists, pull it by hand and pass --base")
     key = f"{runtime.name}-{image_id.partition(':')[2][:32]}"
     found = _cached(bases, key)
     if found is not None:
         return found
-    with _Locked(bases, key, say):
+    with _locked(bases, key, say):
         found = _cached(bases, key)
         if found is not None:
             return found
         tmp_archive = _tmp(bases, f"{key}.tar")
         say(f"saving {name} from {runtime.name} into the store")
-        args = ["save", "-o", str(tmp_archive)]
-        if runtime.name == "podman":
-            args += ["--format", "docker-archive"]
         try:
             # by ID: exactly the image looked at above, even if the tag moves meanwhile
-            proc = _runtime_run(runtime, [*args, image_id.partition(":")[2]])
-            if proc.returncode != 0:
-                raise VenvoyError(f"{runtime.name} save {name} failed: {_one_line(proc.stderr)}",
-                                  "check the disk space of the store")
+            runtime.save(image_id.partition(":")[2], tmp_archive)
             return _publish(bases, key, tmp_archive, name, {"ref": name, "runtime": runtime.name,
                                                             "runtime_image_id": image_id})
         except OSError as exc:

@@ -31,22 +31,31 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
-import tempfile
 import time
-from dataclasses import replace
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from venvoy import __version__
+from venvoy.core.version import __version__
+from venvoy.build.requirements import read_requirements
+from venvoy.core.platform import check_python
 from venvoy.core.errors import DamagedError, VenvoyError
-from venvoy.store.fastpath import IMAGE_FILE, env_tag
+from venvoy.core.fs import TMP_PREFIX, clean_stale, new_path, temp_name
 from venvoy.core.names import check_name
-from venvoy.build.requirements import check_python, read_requirements
-from venvoy.image.labels import LABEL, META_PATH, VENV_PATH
+from venvoy.core.proc import preexec
+from venvoy.image.labels import META_PATH, VENV_PATH, image_labels
 from venvoy.store.layout import Store, digest_hex
-from venvoy.store.records import EnvRecord, Environment, drop_image_if_unused, find, write_env
+from venvoy.store.records import Environment, EnvRecord, drop_image_if_unused, find, write_env
+
+#: Names in the store's tmp/ that venvoy versions before owner-tagged names
+#: left (build dirs, imports, Apptainer's build-temp-*): removed when old.
+STALE_PREFIXES = (TMP_PREFIX, "build-", "import-", "build-temp-", "bundle-temp-")
+
+#: Any valid image ID: only its directory is used.
+ANY_ID = "sha256:" + "0" * 64
 
 #: Bump when the way images are built changes: it is part of every identity.
 RECIPE_VERSION = "1"
@@ -104,6 +113,7 @@ def init(name: str, *, python: str = "3.11", requirements: Iterable[str | os.Pat
     req_text = requirements_text if requirements_text is not None else read_requirements(
         requirements, pyproject)
     inputs = _sha256(RECIPE_VERSION, python, req_text, base or "", lock_text or "")
+    clean_debris(store)
     with store.lock(f"env-{name}"):
         try:
             previous = find(store, name)
@@ -115,8 +125,8 @@ def init(name: str, *, python: str = "3.11", requirements: Iterable[str | os.Pat
                 and previous.record.inputs == inputs and previous.archive.is_file()):
             return previous, False  # nothing changed: no network, no runtime
         from venvoy.build.bases import resolve_base
-        from venvoy.runtime.detect import choose_runtime
         from venvoy.build.lock import Platform, host_arch, lock_hash, resolve
+        from venvoy.runtime.detect import choose_runtime
 
         rt = choose_runtime(runtime, store.environ).runtime
         say(f"base image for Python {python} ...")
@@ -149,15 +159,27 @@ def init(name: str, *, python: str = "3.11", requirements: Iterable[str | os.Pat
 
 
 
+def clean_debris(store: Store) -> int:
+    """Remove what a killed init, import, remove or conversion left in the
+    store (its owner is gone, see venvoy.core.fs.clean_stale); returns how many."""
+    tmp = store.tmp
+    # VENVOY_TMPDIR may be a shared directory (/tmp): there only owner-tagged names.
+    removed = clean_stale(tmp, prefixes=STALE_PREFIXES if tmp == store.root / "tmp" else ())
+    # Beside environments and images only names no environment can have.
+    removed += clean_stale(store.envs) + clean_stale(store.image_archive(ANY_ID).parent)
+    return removed + clean_stale(store.sif(ANY_ID).parent,
+                                 prefixes=(TMP_PREFIX, "build-temp-", "bundle-temp-"))
+
+
 def _build(store: Store, rt: Any, name: str, python: str, base_img: Any, lock_text: str,
            lhash: str, identity: str, say: Callable[[str], None],
            download_progress: Callable[[str, int, int], None] | None,
            wheel_dirs: Sequence[Path] = ()) -> tuple[str, int]:
-    from venvoy.image.oci import add_files_layer, assemble, inspect_archive, layer_from_dir
     from venvoy.build.lock import files_to_fetch, parse, requirements_txt, uv_binary
-    from venvoy.store.forms import ensure_native
-    from venvoy.runtime.request import Mount, make_request
     from venvoy.build.wheels import WheelCache
+    from venvoy.image.oci import add_files_layer, assemble, inspect_archive, layer_from_dir
+    from venvoy.runtime.request import Mount, make_request
+    from venvoy.store.forms import ensure_native
 
     packages = parse(lock_text)
     files = files_to_fetch(packages)
@@ -168,7 +190,8 @@ def _build(store: Store, rt: Any, name: str, python: str, base_img: Any, lock_te
     # --offline means "no container registry"; wheels still come from the
     # package index (or straight from the cache when they are there already).
     paths = cache.fetch(files, progress=download_progress)
-    build = Path(tempfile.mkdtemp(prefix=f"build-{name}-", dir=store.tmp))
+    build = store.tmp / temp_name(f"build-{name}")  # owned: a kill -9 leaves it to clean_stale
+    build.mkdir()
     try:
         build.chmod(0o755)
         (build / "wheels").mkdir()
@@ -193,9 +216,9 @@ def _build(store: Store, rt: Any, name: str, python: str, base_img: Any, lock_te
             workdir="/", mount_cwd=False, tty=False, environ={})
         log = build / "build.log"
         inv = rt.invocation(req)
-        with open(log, "wb") as fh:
+        with open(log, "wb") as fh:  # the build container stops when venvoy dies
             proc = subprocess.run(inv.argv, env=inv.env, stdin=subprocess.DEVNULL, stdout=fh,
-                                  stderr=subprocess.STDOUT)
+                                  stderr=subprocess.STDOUT, preexec_fn=preexec(signal.SIGTERM))
         if proc.returncode != 0:
             kept = _keep_log(store, name, log)
             raise VenvoyError(f"installing the packages with {rt.name} failed (exit "
@@ -222,15 +245,12 @@ def _build(store: Store, rt: Any, name: str, python: str, base_img: Any, lock_te
         info = assemble(
             base_img.archive, [venv_layer, meta_layer], out,
             env={"PATH": f"{VENV_PATH}/bin:{path}", "VIRTUAL_ENV": VENV_PATH},
-            labels={f"{LABEL}.version": __version__, f"{LABEL}.lock-hash": lhash,
-                    f"{LABEL}.base-digest": base_img.image_id, f"{LABEL}.python": python,
-                    f"{LABEL}.build-time": created, f"{LABEL}.identity": identity,
-                    f"{LABEL}.name": name},
+            labels=image_labels(name=name, python=python, lock_hash=lhash, identity=identity,
+                                base_digest=base_img.image_id, created=created,
+                                version=__version__),
             repo_tag=f"localhost/venvoy/{name}:{identity[:12]}", created=created)
-        final = store.image_archive(info.image_id)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(out, final)
-        final.chmod(0o644)
+        with new_path(store.image_archive(info.image_id), mode=0o644) as tmp:
+            shutil.move(out, tmp)  # a rename, or a copy when VENVOY_TMPDIR is elsewhere
         return info.image_id, len(packages)
     finally:
         shutil.rmtree(build, ignore_errors=True)
@@ -255,10 +275,8 @@ def seed_wheel_cache(cache: Any, files: Sequence[Any], dirs: Sequence[Path]) -> 
             if h.hexdigest() != f.sha256:
                 raise VenvoyError(f"{src} does not match the lock's sha256 for {f.filename}",
                                   "the wheelhouse is damaged or was altered")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-            shutil.copyfile(src, tmp)
-            os.replace(tmp, dest)
+            with new_path(dest, mode=0o644) as tmp:
+                shutil.copyfile(src, tmp)
             added += 1
             break
     return added

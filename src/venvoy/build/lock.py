@@ -9,7 +9,6 @@ turns it into the key, :func:`files_to_fetch` says which files to download and
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import posixpath
@@ -23,7 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from venvoy.core.errors import VenvoyError
+from venvoy.core.errors import BadRequest, VenvoyError
+from venvoy.core.platform import LOCK_ARCHES, arch, host, is_python_version
 from venvoy.store.records import lock_hash
 
 #: CA bundle used when none is configured and the system has one (Debian, Ubuntu, Alpine).
@@ -32,7 +32,6 @@ SYSTEM_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 #: glibc minor versions uv accepts in ``--python-platform <arch>-manylinux_2_<minor>``
 #: (uv 0.13: 2_17, 2_28 and 2_31 to 2_40).
 _UV_MANYLINUX_MINORS = (17, 28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40)
-_ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 _SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
 _LOCK_NAME = "pylock.toml"
 _REQ_NAME = "requirements.in"
@@ -48,12 +47,15 @@ class Platform:
     glibc: str = "2.36"  # the base image's glibc, e.g. bookworm 2.36, trixie 2.41
 
     def __post_init__(self) -> None:
-        if not re.fullmatch(r"3\.\d+(\.\d+)?", self.python):
+        parts = self.python.split(".")
+        if not (is_python_version(".".join(parts[:2])) and len(parts) <= 3
+                and all(p.isdigit() for p in parts[2:])):
             raise VenvoyError(f"unsupported Python version {self.python!r}", "give it as X.Y, e.g. 3.11")
-        arch = _ARCH_ALIASES.get(self.arch.lower())
-        if arch is None:
-            raise VenvoyError(f"unsupported architecture {self.arch!r}", "use x86_64 or aarch64")
-        object.__setattr__(self, "arch", arch)
+        row = arch(self.arch)
+        if row is None or row.machine not in LOCK_ARCHES:
+            raise VenvoyError(f"unsupported architecture {self.arch!r}",
+                              f"use {' or '.join(LOCK_ARCHES)}")
+        object.__setattr__(self, "arch", row.machine)
         if not re.fullmatch(r"2\.\d+", self.glibc):
             raise VenvoyError(f"unsupported glibc version {self.glibc!r}", "give it as 2.N, e.g. 2.36")
 
@@ -144,10 +146,7 @@ def _load_toml(text: str, what: str) -> dict[str, Any]:
 
 def host_arch() -> str:
     """This machine's architecture as locks name it (x86_64, aarch64)."""
-    import platform
-
-    machine = platform.machine()
-    return _ARCH_ALIASES.get(machine.lower(), machine)
+    return host().machine
 
 
 # --------------------------------------------------------------------------- reading locks
@@ -261,12 +260,22 @@ def _index_url(index_url: str | None, env: Mapping[str, str]) -> str | None:
     return None
 
 
-def _check_requirements(requirements: str) -> None:
-    for raw in requirements.splitlines():
-        line = raw.strip()
-        if re.match(r"(-r|--requirement|-c|--constraint)(\s|=|$)", line) or re.match(r"-[rc]\S", line):
-            raise VenvoyError(f"requirement line {line!r} includes another file, which is not supported here",
-                              "put that file's lines into the requirements instead")
+def check_hash_pins(packages: list[LockedPackage], pins: dict[str, set[str]]) -> None:
+    """Honour ``--hash=sha256:`` pins: every file the lock would install for a
+    pinned package must have one of its pinned hashes (pip's rule), or the lock
+    is refused with one line naming the file."""
+    from venvoy.build.requirements import normalize
+
+    for pkg in packages:
+        allowed = pins.get(normalize(pkg.name))
+        if allowed is None:
+            continue
+        for f in files_to_fetch([pkg]):
+            if f.sha256 not in allowed:
+                raise BadRequest(f"{pkg.name} {pkg.version}: {f.filename} has sha256 {f.sha256}, "
+                                 "which is not one of its --hash pins",
+                                 "pin the hash of every file the lock lists for it, a version "
+                                 "whose files match the pins, or no hash at all")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -384,7 +393,10 @@ def resolve(requirements: str, platform: Platform, *, upgrade: bool = False,
     bytes. Every failure is a one-line :class:`ResolveError` (a VenvoyError)
     whose ``details`` keep uv's full report.
     """
-    _check_requirements(requirements)
+    from venvoy.build.requirements import check_lines, hash_pins
+
+    check_lines(requirements, "requirements")
+    pins = hash_pins(requirements)
     target = platform.uv_platform()
     env = dict(os.environ)
     bundle = ca_bundle(env)
@@ -421,7 +433,8 @@ def resolve(requirements: str, platform: Platform, *, upgrade: bool = False,
             raise ResolveError("cannot resolve requirements: uv wrote no lock file",
                                "see uv's output for details", proc.stderr) from None
     text = _normalise(text)
-    parse(text)  # refuse now what venvoy could not install later (VCS checkouts, directories)
+    # Refuse now what venvoy could not install later (VCS checkouts, directories).
+    check_hash_pins(parse(text), pins)
     return text
 
 
@@ -431,6 +444,7 @@ __all__ = [
     "Platform",
     "ResolveError",
     "ca_bundle",
+    "check_hash_pins",
     "files_to_fetch",
     "lock_hash",
     "parse",

@@ -4,6 +4,9 @@ Entries live at ``<root>/sha256/<2 hex>/<64 hex>/<filename>``, so every
 environment shares one copy of each file and a file is trusted by where it
 lies: it only gets there after its sha256 was checked while it was
 downloaded to a temporary name in the same directory and renamed into place.
+A file is checked again (size and sha256) each time it is reused; a damaged
+one is removed and downloaded again, so a bad byte on disk costs one
+download, not every later ``init``, and is never exported.
 Many processes may fill the cache at once; the worst a race costs is a
 download done twice.
 """
@@ -16,7 +19,6 @@ import http.client
 import os
 import shutil
 import ssl
-import tempfile
 import threading
 import time
 import urllib.error
@@ -27,8 +29,9 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import unquote, urlsplit
 
-from venvoy.core.errors import VenvoyError
 from venvoy.build.lock import LockedFile, ca_bundle
+from venvoy.core.errors import VenvoyError
+from venvoy.core.fs import TMP_PREFIX, clean_stale, new_path, sha256_file, temp_name
 
 Progress = Callable[[str, int, int], None]
 
@@ -92,6 +95,25 @@ class WheelCache:
             return False
         return f.size is None or st.st_size == f.size
 
+    def _verified(self, f: LockedFile, path: Path) -> bool:
+        """Whether ``path`` holds ``f`` (size and sha256); a damaged entry is removed."""
+        if not self._cached(f, path):
+            if path.exists():
+                self._discard(path)
+            return False
+        try:
+            ok = sha256_file(path) == f.sha256.lower()
+        except OSError:
+            return False
+        if not ok:
+            self._discard(path)
+        return ok
+
+    @staticmethod
+    def _discard(path: Path) -> None:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
     def fetch(self, files: list[LockedFile], *, offline: bool = False, jobs: int = 8,
               progress: Progress | None = None) -> list[Path]:
         """Cached paths of ``files`` (in order), downloading the missing ones in parallel.
@@ -102,17 +124,18 @@ class WheelCache:
         ``progress(filename, bytes_done, bytes_total)`` may be called from threads.
         """
         paths = [self.path_for(f) for f in files]
-        missing: dict[Path, LockedFile] = {}
-        for f, path in zip(files, paths, strict=True):
-            if path not in missing and not self._cached(f, path):
-                missing[path] = f
+        unique = dict(zip(paths, files, strict=True))
+        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(unique))),
+                                thread_name_prefix="venvoy-check") as pool:
+            good = list(pool.map(lambda item: self._verified(item[1], item[0]), unique.items()))
+        missing = {path: f for (path, f), ok in zip(unique.items(), good, strict=True) if not ok}
         if not missing:
             return paths
         if offline:
             example = next(iter(missing.values())).filename
             raise VenvoyError(f"{len(missing)} of {len(set(paths))} files are not in the wheel cache "
-                              f"(e.g. {example}) and --offline forbids downloading them",
-                              "run once without --offline to download them")
+                              f"or were damaged there (e.g. {example}) and --offline forbids "
+                              "downloading them", "run once without --offline to download them")
         todo = list(missing.items())
         workers = max(1, min(jobs, len(todo)))
         if workers == 1:
@@ -186,10 +209,10 @@ class WheelCache:
         return response, total
 
     def _download_once(self, f: LockedFile, path: Path, progress: Progress | None) -> None:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{f.filename}.", suffix=_PART, dir=path.parent)
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as out:
+        # Written under an owner-tagged temporary name, renamed when the hash
+        # matches (venvoy.core.fs.new_path): never resumed, never seen partial.
+        with new_path(path, mode=0o644) as tmp:
+            with open(tmp, "wb") as out:
                 source, total = self._open(f)
                 digest = hashlib.sha256()
                 done = 0
@@ -212,14 +235,10 @@ class WheelCache:
             if got != f.sha256.lower():
                 if total and done < total:
                     raise _Transient(f"connection closed after {done} of {total} bytes")
-                raise VenvoyError(f"hash mismatch for {f.filename}: expected sha256 {f.sha256.lower()}, "
-                                  f"got {got}", "the server sent another file than the lock names; "
+                raise VenvoyError(f"{f.filename} does not match the sha256 the lock gives "
+                                  f"(expected {f.sha256.lower()}, got {got})",
+                                  "the server sent another file than the lock names; "
                                   "re-create the lock or check the index and proxy")
-            tmp.chmod(0o644)
-            os.replace(tmp, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
 
     # ------------------------------------------------------------------ build contexts
 
@@ -231,7 +250,7 @@ class WheelCache:
             with contextlib.suppress(OSError):
                 if target.samefile(src):
                     continue
-            tmp = dest / f".{src.name}.{os.getpid()}.{threading.get_ident()}{_PART}"
+            tmp = dest / temp_name(f"{TMP_PREFIX}{src.name[:80]}")
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             try:
@@ -263,7 +282,8 @@ def _show(url: str) -> str:
 
 
 def _remove_stale_parts(directory: Path) -> None:
-    now = time.time()
+    clean_stale(directory)  # owner-tagged temporaries whose owner is gone
+    now = time.time()  # and the .part files of venvoy before owner tags
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory):
             if entry.name.endswith(_PART):

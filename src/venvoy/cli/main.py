@@ -10,8 +10,8 @@ import os
 import sys
 import time
 
-from venvoy import __version__
 from venvoy.core.errors import VenvoyError
+from venvoy.core.version import __version__
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -19,9 +19,11 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any, NoReturn
 
+    from venvoy.runtime.base import Runtime
+
 
 #: `run`'s options for the fast path: name -> (attribute, kind). Must match
-#: the argparse definition below; tests/unit check that both parse alike.
+#: the argparse definition below; tests (and tests/fuzz) check both parse alike.
 _RUN_OPTIONS: dict[str, tuple[str, str]] = {
     "--image": ("image", "value"), "--runtime": ("runtime", "value"),
     "--workdir": ("workdir", "value"), "-w": ("workdir", "value"), "--gpu": ("gpu", "value"),
@@ -30,6 +32,8 @@ _RUN_OPTIONS: dict[str, tuple[str, str]] = {
     "--tty": ("tty", "true"), "-t": ("tty", "true"), "--no-tty": ("tty", "false"),
     "--dry-run": ("dry_run", "true"),
 }
+#: `--gpu`'s choices (argparse's `choices`, checked at each occurrence as argparse does).
+_GPU_CHOICES = ("nvidia", "amd")
 
 
 class RunArgs:
@@ -53,8 +57,11 @@ def fast_run_args(argv: list[str]) -> tuple[RunArgs, list[str]] | None:
 
     argparse (with the re, gettext and locale it pulls in) is about a third of
     ``venvoy run``'s own start-up. Plain, well-formed command lines are parsed
-    here; anything else (help, an unknown or incomplete option, no ``--``)
-    returns None and goes through argparse, which gives the proper message.
+    here: exact option names, ``--long=VALUE``, ``-wVALUE``, one NAME, then
+    ``--``. Anything else (help, abbreviations, a value starting with '-', an
+    unknown or incomplete option, no ``--``) returns None, and argparse, which
+    sees every option before ``--`` (see :func:`main`), accepts it or refuses
+    it with one line. Never a guess: what this returns is what argparse would.
     """
     if "--" not in argv:
         return None
@@ -63,23 +70,31 @@ def fast_run_args(argv: list[str]) -> tuple[RunArgs, list[str]] | None:
     i = 0
     while i < end:
         word = argv[i]
-        name, eq, inline = word.partition("=")
-        spec = _RUN_OPTIONS.get(name if eq and name.startswith("--") else word)
-        if spec is None:
-            if word.startswith("-") or args.name is not None:
-                return None
+        if not word.startswith("-"):
+            if args.name is not None:
+                return None  # a second positional: argparse refuses it
             args.name = word  # the environment to run in
             i += 1
             continue
+        spec = _RUN_OPTIONS.get(word)
+        value: str | None = None
+        if spec is None:
+            name, eq, inline = word.partition("=")
+            if eq and name.startswith("--"):
+                spec, value = _RUN_OPTIONS.get(name), inline
+            elif len(word) > 2 and word[1] != "-" and word[2] != "=":
+                spec, value = _RUN_OPTIONS.get(word[:2]), word[2:]  # -w/tmp, -eA=1
+            if spec is None:
+                return None
         attr, kind = spec
         if kind in ("true", "false"):
-            if (eq and name.startswith("--")) or (getattr(args, attr) is not None and attr == "tty"):
-                return None
+            if value is not None or (attr == "tty" and args.tty is not None):
+                return None  # `--tty=x`, `-tv`, or both --tty and --no-tty: argparse's call
             setattr(args, attr, kind == "true")
             i += 1
             continue
-        if eq and name.startswith("--"):
-            value, i = inline, i + 1
+        if value is not None:
+            i += 1
         elif i + 1 < end:
             value, i = argv[i + 1], i + 2
         else:
@@ -88,15 +103,24 @@ def fast_run_args(argv: list[str]) -> tuple[RunArgs, list[str]] | None:
             return None  # argparse decides what a dash-led value means
         if kind == "list":
             getattr(args, attr).append(value)
+        elif attr == "gpu" and value not in _GPU_CHOICES:
+            return None
         else:
             setattr(args, attr, value)
-    if (args.image is None) == (args.name is None) or args.gpu not in (None, "nvidia", "amd"):
+    if (args.image is None) == (args.name is None):
         return None
     return args, argv[end + 1:]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full parser (help, errors, every command); argparse is imported here."""
+def build_parser(command_after_dashes: bool = False) -> argparse.ArgumentParser:
+    """The full parser (help, errors, every command); argparse is imported here.
+
+    ``command_after_dashes``: the `run` command line had a ``--`` and is given
+    here without it and the command (see :func:`split_command`). `run` then
+    takes options anywhere before ``--`` and at most one NAME, as the fast
+    parser does. Without a ``--``, the command starts at the first word after
+    NAME (``run --image IMG python3 x.py``).
+    """
     import argparse
 
     class Parser(argparse.ArgumentParser):
@@ -112,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
             return self.formatter_class(prog=self.prog, width=width)  # type: ignore[call-arg]
 
         def error(self, message: str) -> NoReturn:
-            self.exit(2, f"venvoy: error: {message} (see `{self.prog} --help`)\n")
+            usage_error(message, self.prog)
 
     def add_runtime_option(p: argparse.ArgumentParser) -> None:
         p.add_argument("--runtime", metavar="R",
@@ -150,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     tty.add_argument("--no-tty", dest="tty", action="store_false")
     run.add_argument("--dry-run", action="store_true",
                      help="print the runtime command venvoy would run, and exit")
-    run.add_argument("cmd", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    if not command_after_dashes:
+        run.add_argument("cmd", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
 
     init = sub.add_parser("init", help="create (or rebuild) an environment")
     init.add_argument("name", help="1-63 of a-z 0-9 . _ -, starting with a letter or digit")
@@ -216,12 +241,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+def one_line(text: str) -> str:
+    """``text`` with anything unprintable escaped (newlines, terminal escapes)."""
+    return text if text.isprintable() else "".join(
+        c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def usage_error(message: str, prog: str = "venvoy run") -> NoReturn:
+    """A command-line mistake: one line on stderr, exit 2 (argparse's convention).
+    What the user typed is in it, escaped: a newline or a terminal escape in an
+    argument cannot break the line or reach the terminal."""
+    sys.stderr.write(f"venvoy: error: {one_line(message)} (see `{prog} --help`)\n")
+    sys.exit(2)
+
+
+def split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """Split ``run ... -- CMD`` at the first ``--`` so CMD is never parsed."""
     if argv[:1] == ["run"] and "--" in argv:
         i = argv.index("--")
         return argv[:i], argv[i + 1:]
     return argv, None
+
+
+def run_command(args: argparse.Namespace, command: list[str] | None) -> list[str]:
+    """The command of a `run` argparse has parsed (``command``: what followed ``--``).
+
+    Without ``--`` the command is what argparse left after NAME (or, with
+    ``--image``, NAME is its first word). Such a command cannot start with an
+    option: ``run NAME -e A=1 python3`` is an option after NAME, not a command
+    called ``-e``, and is refused rather than run without ``A``.
+    """
+    if command is not None:
+        return command
+    cmd = list(args.cmd)
+    if args.image is not None and args.name is not None:  # `run --image IMG cmd args`
+        cmd = [args.name, *cmd]
+        args.name = None
+    if cmd and cmd[0].startswith("-"):
+        usage_error(f"option {cmd[0]} after {args.name or 'the command'}: put every option "
+                    "before the command and the command after --, e.g. "
+                    "venvoy run NAME -e A=1 -- python3 x.py")
+    return cmd
 
 
 def cmd_runtime_info(args: argparse.Namespace) -> int:
@@ -259,6 +319,9 @@ def format_runtime_info(info: dict[str, Any]) -> str:
 
 
 def cmd_run(args: argparse.Namespace | RunArgs, command: list[str]) -> NoReturn:
+    """Run, one runtime choice and one code path: an environment whose runtime
+    form exists is run from here (a few stat calls); anything else goes through
+    the library's :func:`venvoy.api.environments.run` with the runtime chosen here."""
     from venvoy.runtime.detect import choose_runtime
     from venvoy.runtime.request import make_request
     from venvoy.runtime.runner import exec_run
@@ -272,23 +335,29 @@ def cmd_run(args: argparse.Namespace | RunArgs, command: list[str]) -> NoReturn:
     req = make_request(args.image or "environment", command, mounts=args.mount, env=args.env,
                        env_pass=args.env_pass, workdir=args.workdir, gpu=args.gpu, tty=args.tty)
     runtime = choose_runtime(args.runtime).runtime
+    planned = False
     if args.name is not None:
         from venvoy.store.fastpath import cached_image, env_image
 
         found = env_image(args.name)
         image = cached_image(found[0], runtime, found[1], found[2]) if found else None
-        if image is None:  # not built, or not in this runtime's form yet: the full path
-            from venvoy.api import environments as envs
-
-            image = envs.prepare_run(args.name, command, runtime=args.runtime,
-                                     progress=_reporter(False).step)[1].image
+        if image is None and args.dry_run:  # what would run; nothing is made
+            image, planned = _planned_image(args.name, runtime), True
+        if image is None:  # not built, or not in this runtime's form yet
+            _run_in_library(args, command, runtime)
         req.image = image
     if args.dry_run:
         import shlex
 
-        inv = runtime.invocation(req)
-        extra = [f"{k}={v}" for k, v in inv.env.items() if os.environ.get(k) != v]
-        print(shlex.join((["env", *extra] if extra else []) + inv.argv))
+        if planned:  # the form is not made yet: nothing to check the image against
+            if req.gpu is not None:
+                runtime.check_gpu(req)
+            argv, env = runtime.run_argv(req), runtime.process_env(req)
+        else:
+            inv = runtime.invocation(req)
+            argv, env = inv.argv, inv.env
+        extra = [f"{k}={v}" for k, v in env.items() if os.environ.get(k) != v]
+        print(shlex.join((["env", *extra] if extra else []) + argv))
         sys.exit(0)
     if args.name is None:
         exec_run(runtime, req)
@@ -296,13 +365,31 @@ def cmd_run(args: argparse.Namespace | RunArgs, command: list[str]) -> NoReturn:
 
     try:
         exec_run(runtime, req)
-    except ImageNotFound:  # removed from Docker/Podman behind our back: reload, once
-        from venvoy.api import environments as envs
+    except ImageNotFound:  # removed from Docker/Podman behind our back: the library reloads it
+        _run_in_library(args, command, runtime)
 
-        envs.run(args.name, command, exec_=True, runtime=args.runtime, mounts=args.mount,
-                 env=args.env, env_pass=args.env_pass, workdir=args.workdir, gpu=args.gpu,
-                 tty=args.tty, progress=_reporter(False).step)
-    raise AssertionError("unreachable")  # pragma: no cover
+
+def _run_in_library(args: argparse.Namespace | RunArgs, command: list[str],
+                    runtime: Runtime) -> NoReturn:
+    """The library's run (makes the runtime's form if needed), with our runtime."""
+    from venvoy.api import environments as envs
+
+    assert args.name is not None
+    envs.run(args.name, command, exec_=True, runtime=runtime, mounts=args.mount, env=args.env,
+             env_pass=args.env_pass, workdir=args.workdir, gpu=args.gpu, tty=args.tty,
+             progress=_reporter(False).step)
+    raise AssertionError("unreachable")  # pragma: no cover - exec_ never returns
+
+
+def _planned_image(name: str, runtime: Runtime) -> str:
+    """The image ``runtime`` would run for environment ``name``, without making it."""
+    from venvoy.store.forms import planned_native
+    from venvoy.store.layout import Store
+    from venvoy.store.records import get
+
+    store = Store()
+    environment = get(name, store)
+    return planned_native(store, runtime, environment.image_id, environment.tag)
 
 
 def _reporter(quiet: bool) -> Any:
@@ -393,6 +480,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         return 0
     print(f"{'NAME':<24}{'PYTHON':<8}{'SIZE':>9}  {'LOCK':<13}{'CREATED':<22}FORMS")
     for r in rows:
+        if "damaged" in r:  # a checked name, and a reason made printable by list_envs
+            print(f"{r['name']:<24}damaged: {r['damaged']}")
+            continue
         print(f"{r['name']:<24}{r['python']:<8}{r['size'] / 1e6:>7.0f}MB  {r['lock_hash'][:12]:<13}"
               f"{r['created']:<22}{','.join(r['forms'])}")
     return 0
@@ -433,14 +523,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_load(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from venvoy.core.paths import cache_dir
     from venvoy.runtime.detect import choose_runtime
+    from venvoy.store.layout import Store
 
     archive = Path(args.archive)
     if not archive.is_file():
         raise VenvoyError(f"archive {archive} does not exist", "give the path of a `docker save` tar")
     runtime = choose_runtime(args.runtime).runtime
-    dest = Path(args.dest) if args.dest else Path(cache_dir()) / "images" / runtime.name
+    dest = Path(args.dest) if args.dest else Store().load_dest(runtime.name)
     print(runtime.load_archive(archive.resolve(), args.name, dest))
     return 0
 
@@ -451,15 +541,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         fast = fast_run_args(raw[1:]) if raw[:1] == ["run"] else None
         if fast is not None:
             cmd_run(*fast)
-        head, command = _split_command(raw)
-        parser = build_parser()
-        args = parser.parse_args(head)
+        # The fast parser gave up: argparse decides, and it sees every option
+        # before `--` (never a command made of them, never run with defaults).
+        head, command = split_command(raw)
+        parser = build_parser(command_after_dashes=command is not None)
+        args, extra = parser.parse_known_args(head)
+        if extra:  # named after the command it belongs to: `venvoy run --help`
+            usage_error(f"unrecognized arguments: {' '.join(extra)}",
+                        f"venvoy {args.command}" if args.command else "venvoy")
         if args.command == "run":
-            cmd = command if command is not None else list(args.cmd)
-            if command is None and args.image and args.name:  # `run --image IMG cmd args`
-                cmd = [args.name, *cmd]
-                args.name = None
-            cmd_run(args, cmd)
+            cmd_run(args, run_command(args, command))
         if args.command == "runtime-info":
             return cmd_runtime_info(args)
         handlers = {"load": cmd_load, "init": cmd_init, "list": cmd_list, "remove": cmd_remove,
@@ -470,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     except VenvoyError as exc:
-        print(f"venvoy: error: {exc}", file=sys.stderr)
+        print(f"venvoy: error: {one_line(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

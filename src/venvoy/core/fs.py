@@ -1,27 +1,117 @@
 """The file-system primitives everything that writes uses: one way to publish
-a file or directory atomically, one lock, one file hash.
+a file or directory atomically, one lock, one file hash, one scratch directory.
 
 Nothing venvoy writes is ever seen half-written: it is made under a temporary
-name (``.tmp-<final>-<random>``, in the same directory so the rename is
-atomic) and renamed into place. Temporary names left by a killed process are
-removed by :func:`clean_stale` on a later run.
+name in the same directory (so the rename is atomic) and renamed into place.
+Every temporary name carries its owner, ``@HOST+PID+START+RANDOM`` (START is
+the process's start time, so a reused PID is not mistaken for the owner), and
+:func:`clean_stale` removes the entries whose owner is gone: at once when the
+owner ran on this host and is dead, after :data:`STALE_S` when it ran on
+another host (a shared file system), never while the owner is alive.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
+import sys
 import time
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 #: Prefix of every temporary name venvoy makes next to a final one.
 TMP_PREFIX = ".tmp-"
-#: Temporary entries older than this are a killed process's leftovers.
+#: Entries of another host, or without an owner, older than this are leftovers.
 STALE_S = 6 * 3600
+
+_OWNER_RE = re.compile(
+    r"@([A-Za-z0-9.-]{1,64})\+(\d{1,10})\+(\d{1,20})\+[0-9a-f]{8}(?:\.[A-Za-z0-9]{1,16})?$")
+_owner: tuple[int, str] | None = None
+
+
+def _host() -> str:
+    """This host's name, plus its PID namespace where there is one: a venvoy in
+    a container (same host name under --network=host) has PIDs of its own."""
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "localhost"
+    try:
+        ns = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+        host += "-" + "".join(c for c in ns if c.isdigit())[:20]
+    except OSError:
+        pass
+    return host
+
+
+def _start_time(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks since boot; 0 where /proc
+    is missing), or None when no such process exists."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        pass  # no /proc, or another user's process hidden (hidepid): ask the kernel
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except OSError:  # EPERM: it exists, owned by another user
+        pass
+    return 0
+
+
+def owner_tag() -> str:
+    """``HOST+PID+START`` of this process: who owns a temporary entry."""
+    global _owner
+    pid = os.getpid()
+    if _owner is None or _owner[0] != pid:  # recomputed after a fork
+        _owner = (pid, f"{_host()}+{pid}+{_start_time(pid) or 0}")
+    return _owner[1]
+
+
+def temp_name(stem: str, suffix: str = "") -> str:
+    """A fresh name ``STEM@OWNER+RANDOM[SUFFIX]`` that :func:`clean_stale` understands."""
+    return f"{stem}@{owner_tag()}+{os.urandom(4).hex()}{suffix}"
+
+
+def owner_alive(name: str) -> bool | None:
+    """Whether the owner written in ``name`` still runs: True or False for an
+    owner on this host, None when unknown (no owner, or another host)."""
+    match = _OWNER_RE.search(name)
+    if match is None or match.group(1) != owner_tag().rsplit("+", 2)[0]:
+        return None
+    pid, start = int(match.group(2)), int(match.group(3))
+    now = _start_time(pid)
+    if now is None:
+        return False
+    return start == 0 or now == 0 or now == start
+
+
+def remove_tree(path: str | os.PathLike[str]) -> None:
+    """Delete a directory tree, including the read-only directories a runtime's
+    build leaves (made writable first); never follows a symlink out of it."""
+    import shutil
+    import stat
+
+    def retry(_func: Callable[..., object], name: str, _exc: object) -> None:
+        with contextlib.suppress(OSError):
+            parent = os.path.dirname(name)
+            os.chmod(parent, stat.S_IMODE(os.lstat(parent).st_mode) | stat.S_IRWXU)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, stat.S_IMODE(os.lstat(name).st_mode) | stat.S_IRWXU)
+                shutil.rmtree(name, ignore_errors=True)
+            else:
+                os.unlink(name)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=retry)
+    else:
+        shutil.rmtree(path, onerror=retry)
 
 
 @contextlib.contextmanager
@@ -33,23 +123,19 @@ def new_path(final: Path, *, directory: bool = False, mode: int | None = None) -
     deleted after the new one is in. ``mode`` is applied before the rename.
     """
     import shutil
-    import tempfile
-    from pathlib import Path
 
     final.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f"{TMP_PREFIX}{final.name[:80]}-"
+    tmp = final.with_name(temp_name(f"{TMP_PREFIX}{final.name[:80]}"))
     if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+        tmp.mkdir(mode=0o700)
     else:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=final.parent)
-        os.close(fd)
-        tmp = Path(name)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     try:
         yield tmp
         if mode is not None:
             tmp.chmod(mode)
         if directory and final.is_dir() and not final.is_symlink():
-            old = final.with_name(f"{TMP_PREFIX}old-{final.name[:80]}-{os.getpid()}")
+            old = final.with_name(temp_name(f"{TMP_PREFIX}old-{final.name[:80]}"))
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)
@@ -75,9 +161,29 @@ def atomic_write(final: Path, data: bytes | str, *, mode: int = 0o644) -> None:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, *, timeout: float, what: str) -> Iterator[None]:
+def scratch_dir(parent: Path, stem: str, *, stale: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A new private directory ``parent/STEM@OWNER+RANDOM``, removed on exit.
+
+    Stale ones (owner killed) are removed first, so scratch space left by a
+    ``kill -9`` or a power cut is reclaimed by the next run, not never
+    (``stale``: more name prefixes to clean, as :func:`clean_stale` takes).
+    """
+    parent.mkdir(parents=True, exist_ok=True)
+    clean_stale(parent, prefixes=stale)
+    path = parent / temp_name(stem)
+    path.mkdir(mode=0o700)
+    try:
+        yield path
+    finally:
+        remove_tree(path)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, *, timeout: float, what: str,
+              waiting: Callable[[], None] | None = None) -> Iterator[None]:
     """An exclusive lock held through the file ``path`` (any process, any host
-    sharing the file system), with one clear error after ``timeout`` seconds."""
+    sharing the file system), with one clear error after ``timeout`` seconds.
+    ``waiting`` is called once when another process holds it (to say so)."""
     import filelock
 
     from venvoy.core.errors import VenvoyError
@@ -85,13 +191,22 @@ def file_lock(path: Path, *, timeout: float, what: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = filelock.FileLock(str(path), timeout=timeout)
     try:
-        with lock:
-            yield
+        try:
+            lock.acquire(timeout=0 if waiting is not None else timeout)
+        except filelock.Timeout:
+            if waiting is None:
+                raise
+            waiting()
+            lock.acquire(timeout=timeout)
     except filelock.Timeout:
         raise VenvoyError(
             f"timed out after {timeout:.0f} s waiting for another venvoy working on {what}",
             f"if no other venvoy is running, remove {path} and retry",
         ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def sha256_file(path: Path) -> str:
@@ -107,11 +222,17 @@ def sha256_file(path: Path) -> str:
 
 def clean_stale(directory: Path, *, older_than: float = STALE_S,
                 prefixes: tuple[str, ...] = (TMP_PREFIX,)) -> int:
-    """Remove temporary entries (names starting with one of ``prefixes``) that a
-    killed process left in ``directory``; returns how many. Young ones may
-    belong to a venvoy running now and are left alone."""
-    import shutil
+    """Remove the temporary entries a killed process left in ``directory``;
+    returns how many.
 
+    An entry is temporary when its name carries an owner (see
+    :func:`temp_name`) or starts with one of ``prefixes`` (names older venvoys
+    or a runtime made; give ``()`` in a directory that is the user's). It is
+    removed when its owner ran on this host and is gone, or, when the owner is
+    unknown (another host, an older venvoy), once it is older than
+    ``older_than`` seconds. An entry whose owner is alive is
+    never removed, however old.
+    """
     removed = 0
     try:
         entries = list(os.scandir(directory))
@@ -119,17 +240,22 @@ def clean_stale(directory: Path, *, older_than: float = STALE_S,
         return 0
     now = time.time()
     for entry in entries:
-        if not entry.name.startswith(prefixes):
+        owned = _OWNER_RE.search(entry.name) is not None
+        if not owned and not entry.name.startswith(prefixes):
             continue
-        try:
-            age = now - entry.stat(follow_symlinks=False).st_mtime
-        except OSError:
+        alive = owner_alive(entry.name)
+        if alive:
             continue
-        if age < older_than:
-            continue
+        if alive is None:
+            try:
+                age = now - entry.stat(follow_symlinks=False).st_mtime
+            except OSError:
+                continue
+            if age < older_than:
+                continue
         try:
             if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
+                remove_tree(entry.path)
             else:
                 os.unlink(entry.path)
             removed += 1
@@ -139,4 +265,4 @@ def clean_stale(directory: Path, *, older_than: float = STALE_S,
 
 
 __all__ = ["STALE_S", "TMP_PREFIX", "atomic_write", "clean_stale", "file_lock", "new_path",
-           "sha256_file"]
+           "owner_alive", "owner_tag", "remove_tree", "scratch_dir", "sha256_file", "temp_name"]

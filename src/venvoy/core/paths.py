@@ -1,4 +1,4 @@
-"""Where venvoy keeps things: one root for data and cache, one config file.
+"""Where venvoy keeps things: one root (the store, its cache inside it), one config file.
 
 ``VENVOY_HOME`` puts everything under one directory (handy on clusters where
 home is small and scratch is not); otherwise the platform's user directories
@@ -40,17 +40,29 @@ def data_dir(environ: Mapping[str, str] | None = None) -> str:
     return path
 
 
-def cache_dir(environ: Mapping[str, str] | None = None) -> str:
-    """Directory for caches (safe to delete). Plain str: pathlib costs start-up time."""
-    env = _env(environ)
-    if env.get("VENVOY_HOME"):
-        return os.path.join(env["VENVOY_HOME"], "cache")
-    path = _xdg("XDG_CACHE_HOME", ".cache", env)
-    if path is None:
-        import platformdirs
+#: The store's cache directory (under :func:`data_dir`); the rest of the store's
+#: layout is defined in :mod:`venvoy.store.layout`, which takes these two from here
+#: because the runtime layer (below the store) keeps its version cache there.
+CACHE_DIR = "cache"
+RUNTIME_VERSIONS_FILE = "runtime-versions.json"
+APPTAINER_CACHE_DIR = "apptainer"
 
-        path = platformdirs.user_cache_dir("venvoy")
-    return path
+
+def cache_dir(environ: Mapping[str, str] | None = None) -> str:
+    """The store's cache directory: safe to delete, and inside the store (one
+    root for everything venvoy keeps). Plain str: pathlib costs start-up time."""
+    return os.path.join(data_dir(environ), CACHE_DIR)
+
+
+def apptainer_cache_dir(environ: Mapping[str, str] | None = None) -> str:
+    """Apptainer's and Singularity's own cache while venvoy converts images (not
+    ``~/.apptainer/cache``: everything venvoy causes stays in its store)."""
+    return os.path.join(cache_dir(environ), APPTAINER_CACHE_DIR)
+
+
+def runtime_versions_file(environ: Mapping[str, str] | None = None) -> str:
+    """Where probed runtime versions are cached (re-probed when missing)."""
+    return os.path.join(cache_dir(environ), RUNTIME_VERSIONS_FILE)
 
 
 def config_file(environ: Mapping[str, str] | None = None) -> str:

@@ -48,10 +48,14 @@ class Reporter:
 
     def _tty_download(self, name: str, done: int, total: int) -> None:
         if self._bar is None:
+            from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+            # Rich's default console is stdout's: the bar must go where the
+            # lines go (stderr), or `--json` output and `2>/dev/null` break.
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                                 TransferSpeedColumn(), console=None, transient=True)
+                                 TransferSpeedColumn(), console=Console(file=self.stream),
+                                 transient=True, redirect_stdout=False, redirect_stderr=False)
             self._bar.start()
         task = self._tasks.get(name)
         if task is None:

@@ -2,8 +2,10 @@
 
 A Docker archive (what ``docker save`` writes) is a tar of uncompressed layer
 tars, a config JSON and a ``manifest.json``. ``docker load``, ``podman load``,
-``apptainer build x.sif docker-archive://x.tar`` and :func:`venvoy.oci.unpack_image`
-all read it, so one file written here feeds every runtime.
+``apptainer build x.sif docker-archive://x.tar`` and
+:func:`venvoy.image.unpack.unpack_image` all read it, so one file written here
+feeds every runtime. Reading is done here too, once (:func:`read_source`), for
+every caller: the same image of an archive, by the same platform rule.
 
 Everything written here is reproducible: layers have sorted entries, owner 0,
 no user names and a fixed modification time (``SOURCE_DATE_EPOCH``, else 0);
@@ -17,33 +19,30 @@ on the fly when they are gzip, bzip2 or xz), never held in memory.
 
 from __future__ import annotations
 
-import bz2
 import copy
 import datetime
-import gzip
 import hashlib
 import io
 import json
 import lzma
 import os
-import platform
 import stat
 import tarfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol, cast
+from typing import IO, Any, Protocol
 
 from venvoy.core.errors import VenvoyError
+from venvoy.image.compress import decompressed, stream_errors
+from venvoy.image.tarsafe import TarReader
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_ENV = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
 _CHUNK = 1 << 20
 _BLOCK = tarfile.BLOCKSIZE
-_GO_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64",
-            "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64", "i686": "386",
-            "i386": "386", "armv7l": "arm"}
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,9 @@ def rfc3339(epoch: int) -> str:
 
 def host_architecture() -> str:
     """The host's architecture as image configs name it (Go's GOARCH)."""
-    machine = platform.machine().lower()
-    return _GO_ARCH.get(machine, machine)
+    from venvoy.core.platform import host
+
+    return host().oci
 
 
 def _canonical_json(data: Any) -> bytes:
@@ -90,7 +90,10 @@ def _canonical_json(data: Any) -> bytes:
 
 
 def _tmp_name(out: Path) -> Path:
-    return out.with_name(f".{out.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    """An owner-tagged sibling (see venvoy.core.fs): a killed writer's is cleaned later."""
+    from venvoy.core.fs import TMP_PREFIX, temp_name
+
+    return out.with_name(temp_name(f"{TMP_PREFIX}{out.name[:80]}"))
 
 
 def _norm_member(name: str) -> str:
@@ -242,14 +245,45 @@ def add_files_layer(files: dict[str, bytes], out: Path) -> str:
 
 
 # -- reading archives -----------------------------------------------------------------
+#
+# The one reader of Docker and OCI image archives: every caller (assemble, copy,
+# inspect, the Charliecloud unpacker) finds the same image in an archive, by the
+# same platform rule (see :func:`pick_platform`).
+
+#: The most a tar's metadata member (a pax header, a GNU long name) may hold.
+#: Real ones are a few hundred bytes; a hostile one could claim gigabytes.
+MAX_TAR_HEADER = 1 << 20
+_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+               tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """A TarInfo that refuses metadata members bigger than :data:`MAX_TAR_HEADER`
+    before tarfile reads them into memory (pass it as ``tarfile.open(tarinfo=...)``)."""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _META_TYPES and self.size > MAX_TAR_HEADER:
+            raise VenvoyError(f"tar member header of {self.size} bytes is larger than the "
+                              f"limit of {MAX_TAR_HEADER} bytes",
+                              "the archive is damaged or hostile; save the image again")
+        proc: Callable[[tarfile.TarFile], tarfile.TarInfo] = super()._proc_member  # type: ignore[misc]
+        return proc(tarfile_)
+
 
 @dataclass(frozen=True)
-class _Source:
-    """The single image of an input archive: where its layers are, and its config."""
+class ImageSource:
+    """The image of an archive for this host: where its layers are, and its config."""
 
     info: ImageInfo
     layers: tuple[str, ...]  # member names of the layer blobs, in order
     config_bytes: bytes
+
+    @property
+    def env(self) -> list[str]:
+        """The image's ``Config.Env`` (only its strings)."""
+        inner = self.info.config.get("config")
+        env = inner.get("Env") if isinstance(inner, dict) else None
+        return [e for e in env if isinstance(e, str)] if isinstance(env, list) else []
 
 
 def _member_bytes(tar: tarfile.TarFile, name: str) -> bytes:
@@ -261,135 +295,214 @@ def _member_bytes(tar: tarfile.TarFile, name: str) -> bytes:
         raise VenvoyError(f"image archive {os.fsdecode(tar.name or '')} has no {name}",
                           "is it a complete `docker save` or OCI archive?")
     with fh:
+        if fh.seekable() and fh.seek(0, os.SEEK_END) > MAX_JSON:
+            raise VenvoyError(f"image archive {os.fsdecode(tar.name or '')}: {name} is larger "
+                              f"than {MAX_JSON >> 20} MiB", "is it a `docker save` or OCI archive?")
+        fh.seek(0)
         return fh.read()
+
+
+#: The most a manifest, index or config may hold (real ones: a few KiB).
+MAX_JSON = 16 << 20
 
 
 def _json(tar: tarfile.TarFile, name: str) -> Any:
     try:
         return json.loads(_member_bytes(tar, name))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise VenvoyError(f"image archive {os.fsdecode(tar.name or '')}: {name} is not valid JSON") from None
 
 
 def _blob(digest: str) -> str:
     algo, _, hexdigest = str(digest).partition(":")
-    if not (algo.isalnum() and hexdigest.isalnum()):
+    if not (algo.isalnum() and hexdigest.isalnum() and algo.isascii() and hexdigest.isascii()):
         raise VenvoyError(f"bad digest {digest!r} in image archive")
     return f"blobs/{algo}/{hexdigest}"
 
 
-def _pick_platform(manifests: list[dict[str, Any]]) -> dict[str, Any]:
+def _platform(plat: Any) -> str:
+    if not isinstance(plat, dict) or not plat.get("architecture"):
+        return "an image that names no platform"
+    return f"{plat.get('os') or 'linux'}/{plat['architecture']}"
+
+
+def pick_platform(candidates: list[tuple[Any, dict[str, Any]]], where: str) -> Any:
+    """The candidate for this host, from ``(item, platform)`` pairs.
+
+    The rule, the same for every reader: the first image for this host's
+    architecture (``linux/<GOARCH>``); else, when the archive holds exactly one
+    image (attestations and other ``unknown`` platforms aside), that image;
+    else one clear error naming what the archive has.
+    """
     arch = host_architecture()
-    for desc in manifests:
-        plat = desc.get("platform") or {}
+    for item, plat in candidates:
         if plat.get("architecture") == arch and plat.get("os", "linux") == "linux":
-            return desc
-    return manifests[0]
+            return item
+    images = [(item, plat) for item, plat in candidates if plat.get("os") != "unknown"]
+    if len(images) == 1:
+        return images[0][0]
+    found = ", ".join(sorted({_platform(plat) for _, plat in images})) or "no image"
+    raise VenvoyError(f"image archive {where} has no image for linux/{arch} (it has {found})",
+                      f"save the image for this machine, e.g. `docker pull --platform linux/{arch}` "
+                      "before `docker save`")
 
 
-def _read_source(tar: tarfile.TarFile, path: Path) -> _Source:
+def _descriptors(manifests: Any, where: str) -> list[tuple[Any, dict[str, Any]]]:
+    """An OCI index's descriptors as (descriptor, platform), one per distinct digest."""
+    if not isinstance(manifests, list) or not manifests:
+        raise VenvoyError(f"OCI archive {where}: its index lists no image")
+    seen: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for desc in manifests:
+        if not isinstance(desc, dict):
+            raise VenvoyError(f"OCI archive {where}: an index entry is not an object")
+        plat = desc.get("platform")
+        seen.setdefault(str(desc.get("digest")), (desc, plat if isinstance(plat, dict) else {}))
+    return list(seen.values())
+
+
+def _read_source(tar: tarfile.TarFile, path: Path) -> ImageSource:
     names = {_norm_member(n) for n in tar.getnames()}
     if "manifest.json" in names:  # docker-archive (docker save, podman save)
         manifest = _json(tar, "manifest.json")
         if not isinstance(manifest, list) or not manifest:
             raise VenvoyError(f"image archive {path}: manifest.json lists no image")
-        entry = manifest[0]
-        raw = _member_bytes(tar, entry["Config"])
+        if len(manifest) == 1:
+            entry = manifest[0]
+            raw = _member_bytes(tar, entry["Config"])
+        else:  # several images: the platform rule picks one by its config's architecture
+            configs = [(entry, _member_bytes(tar, entry["Config"])) for entry in manifest]
+            candidates = []
+            for entry, data in configs:
+                try:
+                    cfg = json.loads(data)
+                except (ValueError, RecursionError):
+                    cfg = {}
+                plat = {"os": cfg.get("os", "linux"), "architecture": cfg.get("architecture")} \
+                    if isinstance(cfg, dict) else {}
+                candidates.append(((entry, data), plat))
+            entry, raw = pick_platform(candidates, str(path))
         image_id = "sha256:" + hashlib.sha256(raw).hexdigest()
         layers = tuple(entry.get("Layers") or ())
         tags = tuple(entry.get("RepoTags") or ())
     elif "index.json" in names:  # OCI image layout
         index = _json(tar, "index.json")
-        if not index.get("manifests"):
+        if not isinstance(index, dict) or not index.get("manifests"):
             raise VenvoyError(f"OCI archive {path}: index.json lists no image")
-        desc = _pick_platform(index["manifests"])
+        desc = pick_platform(_descriptors(index["manifests"], str(path)), str(path))
         annotations = desc.get("annotations") or {}
         manifest = _json(tar, _blob(desc["digest"]))
-        while "manifests" in manifest:  # an index of platforms
-            manifest = _json(tar, _blob(_pick_platform(manifest["manifests"])["digest"]))
+        for _depth in range(8):  # an index of platforms (nested, but not without end)
+            if not (isinstance(manifest, dict) and "manifests" in manifest):
+                break
+            inner = pick_platform(_descriptors(manifest["manifests"], str(path)), str(path))
+            manifest = _json(tar, _blob(inner["digest"]))
+        else:
+            raise VenvoyError(f"OCI archive {path}: its indexes nest too deep")
         image_id = manifest["config"]["digest"]
         raw = _member_bytes(tar, _blob(image_id))
         layers = tuple(_blob(layer["digest"]) for layer in manifest.get("layers") or ())
         ref = annotations.get("io.containerd.image.name") or annotations.get(
             "org.opencontainers.image.ref.name")
         # ref.name may be a full name or just a tag ("latest"); only a full name is a RepoTag
-        tags = (ref,) if ref and ":" in ref.rsplit("/", 1)[-1] and not ref.startswith(":") else ()
+        tags = (ref,) if isinstance(ref, str) and ":" in ref.rsplit("/", 1)[-1] \
+            and not ref.startswith(":") else ()
     else:
         raise VenvoyError(f"{path} is not a Docker or OCI image archive (no manifest.json or index.json)",
                           "create one with `docker save` or `podman save`")
     try:
         config = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise VenvoyError(f"image archive {path}: its config is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise VenvoyError(f"image archive {path}: its config is not a JSON object")
+    if not all(isinstance(name, str) for name in layers) or not all(isinstance(t, str) for t in tags):
+        raise VenvoyError(f"image archive {path}: its manifest names layers or tags that are not strings")
     diff_ids = tuple((config.get("rootfs") or {}).get("diff_ids") or ())
     if diff_ids and len(diff_ids) != len(layers):
         raise VenvoyError(f"image archive {path}: {len(layers)} layers but "
                           f"{len(diff_ids)} diff_ids in its config")
-    return _Source(ImageInfo(image_id, diff_ids, config, tags), layers, raw)
+    return ImageSource(ImageInfo(str(image_id), diff_ids, config, tags), layers, raw)
 
 
-def _expected(source: _Source) -> list[str | None]:
+def read_source(tar: tarfile.TarFile, path: Path) -> ImageSource:
+    """The image in an open Docker or OCI archive that this host runs (one clear
+    error for a malformed archive, or one without an image for this platform)."""
+    try:
+        return _read_source(tar, Path(path))
+    except (KeyError, TypeError, AttributeError, ValueError, tarfile.TarError) as exc:
+        raise VenvoyError(f"image archive {path} is malformed: {exc!r}",
+                          "is it a complete `docker save` or OCI archive?") from None
+
+
+def _expected(source: ImageSource) -> list[str | None]:
     """The diff_ids the config promises for each layer (None: the config lists none)."""
     if source.info.diff_ids:
         return list(source.info.diff_ids)
     return [None] * len(source.layers)
 
 
-def _open_tar(path: Path) -> tarfile.TarFile:
+def open_archive(path: Path) -> tarfile.TarFile:
+    """An image archive opened for reading, with tar headers bounded."""
     try:
-        return tarfile.open(path, mode="r:*")
-    except (OSError, tarfile.TarError) as exc:
-        raise VenvoyError(f"cannot read image archive {path}: {exc}") from None
+        return tarfile.open(path, mode="r:*", tarinfo=BoundedTarInfo)
+    except tarfile.ReadError:
+        raise VenvoyError(f"cannot read image archive {path}: not a tar archive, or a damaged one",
+                          "create one with `docker save` or `podman save`") from None
+    except (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        why = " ".join(str(exc).split())
+        raise VenvoyError(f"cannot read image archive {path}: {why}") from None
+
 
 
 def inspect_archive(path: Path) -> ImageInfo:
     """The manifest and config of a docker-archive or OCI archive (layers are not read)."""
-    with _open_tar(Path(path)) as tar:
-        try:
-            return _read_source(tar, Path(path)).info
-        except (KeyError, TypeError, AttributeError, tarfile.TarError) as exc:
-            raise VenvoyError(f"image archive {path} is malformed: {exc!r}") from None
+    with open_archive(Path(path)) as tar:
+        return read_source(tar, Path(path)).info
 
 
-def _decompressed(fh: IO[bytes]) -> IO[bytes]:
-    """``fh`` itself when uncompressed, else a stream that decompresses it."""
-    head = fh.read(6)
-    fh.seek(0)
-    if head[:2] == b"\x1f\x8b":
-        return cast(IO[bytes], gzip.GzipFile(fileobj=fh, mode="rb"))
-    if head[:3] == b"BZh":
-        return cast(IO[bytes], bz2.BZ2File(fh, mode="rb"))
-    if head[:6] == b"\xfd7zXZ\x00":
-        return cast(IO[bytes], lzma.LZMAFile(fh, mode="rb"))
-    if head[:4] == b"\x28\xb5\x2f\xfd":
-        try:
-            from compression import zstd  # type: ignore[import-not-found]  # Python 3.14
-        except ImportError:
-            raise VenvoyError("image layer is zstd-compressed, which needs Python 3.14",
-                              "save the image with gzip or uncompressed layers") from None
-        return cast(IO[bytes], zstd.ZstdFile(fh, mode="rb"))
-    return fh
+def decompress_errors() -> tuple[type[BaseException], ...]:
+    """Every exception a damaged archive or layer stream may raise while it is read."""
+    return (*stream_errors(), tarfile.TarError)
 
 
 @contextmanager
-def open_layers(archive: Path) -> Iterator[Iterator[tarfile.TarFile]]:
-    """The layers of an image archive, in order, each opened as a (streamed) tar.
+def layer_stream(tar: tarfile.TarFile, name: str, where: Path) -> Iterator[IO[bytes]]:
+    """The uncompressed bytes of the layer ``name`` of an open image archive."""
+    try:
+        fh = tar.extractfile(_norm_member(name))
+    except KeyError:
+        fh = None
+    if fh is None:
+        raise VenvoyError(f"image archive {where}: layer {name} is missing",
+                          "is it a complete `docker save` or OCI archive?")
+    with fh, decompressed(fh) as stream:
+        yield stream
+
+
+@contextmanager
+def open_layers(archive: Path) -> Iterator[Iterator[TarReader]]:
+    """The layers of an image archive, in order, each read by the one bounded tar
+    reader (:class:`venvoy.image.tarsafe.TarReader`: iterate it for its entries,
+    ``extractfile(entry)`` for the current one's data).
 
     Used to look at files in an image without unpacking it. Each layer must be
     consumed before moving to the next one.
     """
-    with _open_tar(Path(archive)) as outer:
-        source = _read_source(outer, Path(archive))
+    with open_archive(Path(archive)) as outer:
+        source = read_source(outer, Path(archive))
 
-        def layers() -> Iterator[tarfile.TarFile]:
+        def layers() -> Iterator[TarReader]:
             for name in source.layers:
-                fh = outer.extractfile(_norm_member(name))
-                if fh is None:
-                    raise VenvoyError(f"image archive {archive}: layer {name} is missing")
-                with fh, _decompressed(fh) as raw, tarfile.open(fileobj=raw, mode="r|") as layer:
-                    yield layer
+                with layer_stream(outer, name, Path(archive)) as raw:
+                    yield layer_reader(raw, Path(archive), name)
 
         yield layers()
+
+
+def layer_reader(raw: IO[bytes], archive: Path, name: str) -> TarReader:
+    """The bounded tar reader of one (decompressed) layer stream of ``archive``."""
+    return TarReader(raw.read, f"image archive {archive}: layer {name[:80]}",
+                     decompress_errors(), "the image is damaged or hostile; rebuild or re-save it")
 
 
 # -- writing archives -----------------------------------------------------------------
@@ -488,7 +601,7 @@ def _write_image(out: Path, layer_sources: Iterator[tuple[_Readable, str | None]
             writer.add_bytes("manifest.json", _canonical_json(manifest))
             writer.close()
         _publish(tmp, out)
-    except (OSError, EOFError, tarfile.TarError, lzma.LZMAError, gzip.BadGzipFile) as exc:
+    except decompress_errors() as exc:
         raise VenvoyError(f"cannot write image archive {out}: {exc}") from None
     finally:
         tmp.unlink(missing_ok=True)
@@ -534,28 +647,19 @@ def assemble(base_archive: Path, new_layers: list[Path], out: Path, *, env: dict
     env = dict(env or {})
     _check_env(env)
     when = created or rfc3339(source_date_epoch())
-    with _open_tar(base_archive) as tar:
-        try:
-            source = _read_source(tar, base_archive)
-        except (KeyError, TypeError, AttributeError, tarfile.TarError) as exc:
-            raise VenvoyError(f"image archive {base_archive} is malformed: {exc!r}") from None
+    with open_archive(base_archive) as tar:
+        source = read_source(tar, base_archive)
 
         def layer_sources() -> Iterator[tuple[_Readable, str | None]]:
             for name, diff_id in zip(source.layers, _expected(source), strict=True):
-                try:
-                    fh = tar.extractfile(_norm_member(name))
-                except KeyError:
-                    fh = None
-                if fh is None:
-                    raise VenvoyError(f"image archive {base_archive}: layer {name} is missing")
-                with fh, _decompressed(fh) as stream:
+                with layer_stream(tar, name, base_archive) as stream:
                     yield stream, diff_id
             for path in new_layers:
                 try:
                     layer_fh = open(path, "rb")  # noqa: SIM115 - closed right below
                 except OSError as exc:
                     raise VenvoyError(f"cannot read layer {path}: {exc.strerror}") from None
-                with layer_fh, _decompressed(layer_fh) as stream:
+                with layer_fh, decompressed(layer_fh) as stream:
                     yield stream, None
 
         def make_config(diff_ids: list[str]) -> dict[str, Any]:
@@ -589,15 +693,12 @@ def copy_as_docker_archive(src: Path, out: Path) -> ImageInfo:
     The image ID therefore stays the same; layers are written uncompressed.
     """
     src, out = Path(src), Path(out)
-    with _open_tar(src) as tar:
-        source = _read_source(tar, src)
+    with open_archive(src) as tar:
+        source = read_source(tar, src)
 
         def layer_sources() -> Iterator[tuple[_Readable, str | None]]:
             for name, diff_id in zip(source.layers, _expected(source), strict=True):
-                fh = tar.extractfile(_norm_member(name))
-                if fh is None:
-                    raise VenvoyError(f"image archive {src}: layer {name} is missing")
-                with fh, _decompressed(fh) as stream:
+                with layer_stream(tar, name, src) as stream:
                     yield stream, diff_id
 
         return _write_image(out, layer_sources(), lambda _ids: source.config_bytes,
@@ -622,7 +723,7 @@ def rootfs_to_archive(rootfs_tar: Path, out: Path, *, env: dict[str, str] | None
             fh = open(rootfs_tar, "rb")  # noqa: SIM115 - closed right below
         except OSError as exc:
             raise VenvoyError(f"cannot read root file system tar {rootfs_tar}: {exc.strerror}") from None
-        with fh, _decompressed(fh) as stream:
+        with fh, decompressed(fh) as stream:
             yield stream, None
 
     def make_config(diff_ids: list[str]) -> dict[str, Any]:
@@ -639,6 +740,8 @@ def rootfs_to_archive(rootfs_tar: Path, out: Path, *, env: dict[str, str] | None
     return _write_image(out, layer_sources(), make_config, repo_tag)
 
 
-__all__ = ["DEFAULT_ENV", "ImageInfo", "add_files_layer", "assemble", "copy_as_docker_archive",
-           "host_architecture", "inspect_archive", "layer_from_dir", "open_layers", "rfc3339",
+__all__ = ["DEFAULT_ENV", "MAX_TAR_HEADER", "BoundedTarInfo", "ImageInfo", "ImageSource",
+           "add_files_layer", "assemble", "copy_as_docker_archive", "decompress_errors",
+           "host_architecture", "inspect_archive", "layer_from_dir", "layer_reader", "layer_stream",
+           "open_archive", "open_layers", "pick_platform", "read_source", "rfc3339",
            "rootfs_to_archive", "source_date_epoch"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 
 from venvoy.core.errors import ImageNotFound, VenvoyError
-from venvoy.runtime.base import Runtime, safe_file_name, user_namespaces_enabled
-from venvoy.runtime.oci_cli import last_line
+from venvoy.core.paths import apptainer_cache_dir
+from venvoy.runtime.base import ImageForm, Runtime, safe_file_name, user_namespaces_enabled
+from venvoy.runtime.oci_cli import load_error
 from venvoy.runtime.request import Gpu, RunRequest
 
 TYPE_CHECKING = False
@@ -30,7 +31,7 @@ URI_SCHEMES = ("docker://", "docker-archive://", "docker-daemon://", "oci://", "
 class Apptainer(Runtime):
     name: ClassVar[str] = "apptainer"
     binary: ClassVar[str] = "apptainer"
-    image_kind: ClassVar[str] = "file"
+    image_kind: ClassVar[ImageForm] = ImageForm.FILE
 
     def problem(self) -> str | None:
         if self.rootless and not user_namespaces_enabled() and not self._setuid_starter():
@@ -90,25 +91,33 @@ class Apptainer(Runtime):
         return image.startswith(URI_SCHEMES) or os.path.exists(image)
 
     def load_archive(self, archive: Path, ref: str, dest_dir: Path) -> str:
+        import signal
         import subprocess
 
-        dest_dir.mkdir(parents=True, exist_ok=True)
+        from venvoy.core.fs import scratch_dir
+        from venvoy.core.proc import preexec
+
         final = dest_dir / (safe_file_name(ref) + ".sif")
-        tmp = dest_dir / f".{final.name}.{os.getpid()}.tmp"
         env = dict(self.environ)
-        # Apptainer unpacks layers in its temp dir; never on a small /tmp by surprise.
-        env.setdefault("APPTAINER_TMPDIR", str(dest_dir))
-        env.setdefault("SINGULARITY_TMPDIR", env["APPTAINER_TMPDIR"])
-        argv = [self.path, "build", str(tmp), f"docker-archive://{archive}"]
-        try:
+        # A scratch directory owned by this process: what a killed build leaves
+        # (its build-temp-*, 200+ MB) is removed by the next conversion or init.
+        with scratch_dir(dest_dir, "sif-build", stale=("build-temp-", "bundle-temp-")) as work:
+            tmp = work / final.name
+            # Apptainer unpacks layers in its temp dir; never on a small /tmp by surprise.
+            env.setdefault("APPTAINER_TMPDIR", str(work))
+            env.setdefault("SINGULARITY_TMPDIR", env["APPTAINER_TMPDIR"])
+            env.setdefault("TMPDIR", env["APPTAINER_TMPDIR"])
+            # Its layer cache (93 MB per base) goes into venvoy's store, not ~/.apptainer/cache.
+            env.setdefault("APPTAINER_CACHEDIR", apptainer_cache_dir(self.environ))
+            env.setdefault("SINGULARITY_CACHEDIR", env["APPTAINER_CACHEDIR"])
+            argv = [self.path, "build", str(tmp), f"docker-archive://{archive}"]
+            # The build stops (and cleans up after itself) when venvoy dies.
             proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                                  env=env)
+                                  env=env, preexec_fn=preexec(signal.SIGTERM))
             if proc.returncode != 0:
                 raise VenvoyError(
-                    f"{self.binary} build from {archive} failed: {last_line(proc.stderr)}",
+                    f"{self.binary} build from {archive} failed: {load_error(proc.stderr)}",
                     "check the archive and free space in APPTAINER_TMPDIR",
                 )
             os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
         return str(final)

@@ -2,7 +2,7 @@
 
 An adapter is a small class per runtime that knows four things: how to tell
 whether its program is here and usable (cheaply, without starting it), how to
-turn a :class:`~venvoy.request.RunRequest` into argv, how to load an image
+turn a :class:`~venvoy.runtime.request.RunRequest` into argv, how to load an image
 given as a Docker/OCI archive, and what its version is. Callers never branch on
 the runtime's name; they ask the adapter.
 """
@@ -39,6 +39,36 @@ class Invocation:
         return f"Invocation(argv={self.argv!r}, env=<{len(self.env)} variables>)"
 
 
+class ImageForm:
+    """How a runtime holds an image: one of the three constants below, compared
+    with ``is`` (a tiny class, not an enum: importing enum costs start-up time).
+
+    - ``ImageForm.REF``: a name in the runtime's own image store (Docker,
+      Podman), per runtime and per user when rootless;
+    - ``ImageForm.FILE``: a single image file (a SIF for Apptainer/Singularity);
+    - ``ImageForm.DIR``: an unpacked root file system (Charliecloud).
+    """
+
+    __slots__ = ("name", "shared")
+
+    REF: ClassVar[ImageForm]
+    FILE: ClassVar[ImageForm]
+    DIR: ClassVar[ImageForm]
+
+    def __init__(self, name: str, shared: bool) -> None:
+        self.name = name
+        #: True when one copy in the store serves every runtime and user.
+        self.shared = shared
+
+    def __repr__(self) -> str:
+        return f"ImageForm.{self.name.upper()}"
+
+
+ImageForm.REF = ImageForm("ref", shared=False)
+ImageForm.FILE = ImageForm("file", shared=True)
+ImageForm.DIR = ImageForm("dir", shared=True)
+
+
 class Runtime:
     """Base class of the adapters. Subclasses set the class attributes."""
 
@@ -48,9 +78,8 @@ class Runtime:
     binary: ClassVar[str]
     #: False for adapters written to documentation only (no real program here).
     tested: ClassVar[bool] = True
-    #: How an image is named: "ref" (a name in the runtime's store), "file"
-    #: (a .sif), or "dir" (an unpacked root file system).
-    image_kind: ClassVar[str] = "ref"
+    #: How an image is held (see :class:`ImageForm`).
+    image_kind: ClassVar[ImageForm] = ImageForm.REF
     #: True when venvoy must stay the parent (to explain a missing image after
     #: the runtime fails); False when it can simply exec the runtime.
     wraps: ClassVar[bool] = False
@@ -131,6 +160,34 @@ class Runtime:
         files or directories put them under ``dest_dir``.
         """
         raise VenvoyError(f"{self.name} cannot load images yet", "load the image by hand")
+
+    def load_bound(self, archive: Path, tag: str, image_id: str) -> str:
+        """For runtimes with an image store (``ImageForm.REF``): load ``archive``,
+        check that it is image ``image_id``, tag it ``tag`` and return what to run."""
+        raise VenvoyError(f"{self.name} cannot load images yet", "load the image by hand")
+
+    #: True when the runtime keeps a store of named images that venvoy can
+    #: inspect, pull into and save out of (:meth:`image_id`, :meth:`pull`,
+    #: :meth:`save`); the others raise for runtimes without one.
+    has_image_store: ClassVar[bool] = False
+
+    def image_id(self, ref: str) -> str | None:
+        """``sha256:<hex>`` of ``ref`` in the runtime's image store, or None if it has none."""
+        raise self.unsupported("looking up images by name")
+
+    def pull(self, ref: str, *, timeout: float | None = None) -> None:
+        """Pull ``ref`` from its registry into the runtime's image store."""
+        raise self.unsupported("pulling images")
+
+    def save(self, image: str, dest: Path) -> None:
+        """Write ``image`` (a name or ID in the image store) to ``dest`` as a Docker archive."""
+        raise self.unsupported("saving images to a Docker archive")
+
+    def unsupported(self, what: str) -> BadRequest:
+        """The error for an image-store operation this runtime does not have."""
+        return BadRequest(f"{what} is not supported by {self.name}",
+                          "use a runtime with an image store (Docker, Podman) for this, "
+                          "or pass an image tar")
 
 
 # -- shared helpers ----------------------------------------------------------------

@@ -20,7 +20,7 @@ import os
 import pwd
 
 from venvoy.core.errors import BadRequest, ImageNotFound, VenvoyError
-from venvoy.runtime.base import Runtime, safe_file_name, user_namespaces_enabled
+from venvoy.runtime.base import ImageForm, Runtime, safe_file_name, user_namespaces_enabled
 from venvoy.runtime.request import Gpu, RunRequest
 
 TYPE_CHECKING = False
@@ -39,7 +39,7 @@ def _is_path(image: str) -> bool:
 class Charliecloud(Runtime):
     name: ClassVar[str] = "charliecloud"
     binary: ClassVar[str] = "ch-run"
-    image_kind: ClassVar[str] = "dir"
+    image_kind: ClassVar[ImageForm] = ImageForm.DIR
 
     def __init__(self, path: str, environ: Mapping[str, str] | None = None) -> None:
         env = dict(os.environ if environ is None else environ)

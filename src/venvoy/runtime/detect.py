@@ -162,11 +162,11 @@ def _cache_key(runtime: Runtime) -> str:
     return key
 
 
-def _probe_version(runtime: Runtime) -> str | None:
+def _probe_version(runtime: Runtime, timeout: float = 10) -> str | None:
     import subprocess
 
     try:
-        proc = subprocess.run(runtime.version_argv(), capture_output=True, text=True, timeout=10,
+        proc = subprocess.run(runtime.version_argv(), capture_output=True, text=True, timeout=timeout,
                               stdin=subprocess.DEVNULL, env=dict(runtime.environ))
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -175,7 +175,7 @@ def _probe_version(runtime: Runtime) -> str | None:
             # e.g. docker's server version when the daemon is down: fall back to the client's
             try:
                 proc = subprocess.run([runtime.path, "--version"], capture_output=True, text=True,
-                                      timeout=10, stdin=subprocess.DEVNULL)
+                                      timeout=timeout, stdin=subprocess.DEVNULL)
             except (OSError, subprocess.TimeoutExpired):
                 return None
         if proc.returncode != 0:
@@ -183,14 +183,17 @@ def _probe_version(runtime: Runtime) -> str | None:
     return runtime.parse_version(proc.stdout + proc.stderr)
 
 
-def versions(runtimes: list[Runtime], environ: Mapping[str, str] | None = None) -> dict[str, str | None]:
-    """Versions of the given runtimes, cached per binary, probed in parallel."""
+def versions(runtimes: list[Runtime], environ: Mapping[str, str] | None = None,
+             timeout: float = 10) -> dict[str, str | None]:
+    """Versions of the given runtimes, cached per binary, probed in parallel
+    (each probe given ``timeout`` seconds; one that says nothing is not cached)."""
     import json
     from pathlib import Path
 
-    from venvoy.core.paths import cache_dir
+    from venvoy.core.paths import runtime_versions_file
 
-    cache_file = Path(cache_dir(environ)) / "runtime-versions.json"
+    # Inside the store's cache (an older venvoy's file elsewhere is simply not read: re-probed).
+    cache_file = Path(runtime_versions_file(environ))
     try:
         cache: dict[str, str] = json.loads(cache_file.read_text())
     except (OSError, ValueError):
@@ -201,7 +204,7 @@ def versions(runtimes: list[Runtime], environ: Mapping[str, str] | None = None) 
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=len(todo)) as pool:
-            results = list(pool.map(_probe_version, todo))
+            results = list(pool.map(lambda rt: _probe_version(rt, timeout), todo))
         changed = False
         for rt, ver in zip(todo, results, strict=True):
             if ver is not None:
@@ -213,15 +216,13 @@ def versions(runtimes: list[Runtime], environ: Mapping[str, str] | None = None) 
 
 
 def _write_json_atomic(path: Any, data: Any) -> None:
+    import contextlib
     import json
 
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
-    except OSError:
-        pass  # a cache that cannot be written only costs time
+    from venvoy.core.fs import atomic_write
+
+    with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
+        atomic_write(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 def runtime_info(requested: str | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import os
 
 from venvoy.core.errors import BadRequest
 from venvoy.runtime.base import which
-from venvoy.runtime.oci_cli import OciCliRuntime
+from venvoy.runtime.oci_cli import OciCliRuntime, allocated_gpus
 from venvoy.runtime.request import Gpu, RunRequest
 
 TYPE_CHECKING = False
@@ -77,4 +77,8 @@ class Docker(OciCliRuntime):
             )
 
     def gpu_args(self, req: RunRequest) -> list[str]:
-        return ["--gpus", "all"] if req.gpu == Gpu.NVIDIA else self.amd_args()
+        if req.gpu != Gpu.NVIDIA:
+            return self.amd_args()
+        gpus = allocated_gpus(self.environ)  # only the job's GPUs, not `all`
+        # Docker reads --gpus as CSV: the quotes keep "device=1,3" one field.
+        return ["--gpus", "all" if gpus is None else f'"device={",".join(gpus)}"']

@@ -7,7 +7,7 @@ import pwd
 
 from venvoy.core.errors import BadRequest
 from venvoy.runtime.base import user_namespaces_enabled
-from venvoy.runtime.oci_cli import OciCliRuntime
+from venvoy.runtime.oci_cli import OciCliRuntime, allocated_gpus
 from venvoy.runtime.request import Gpu, RunRequest
 
 TYPE_CHECKING = False
@@ -20,6 +20,7 @@ CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
 class Podman(OciCliRuntime):
     name: ClassVar[str] = "podman"
     binary: ClassVar[str] = "podman"
+    save_args: ClassVar[tuple[str, ...]] = ("--format", "docker-archive")
 
     def problem(self) -> str | None:
         if not self.rootless:
@@ -56,7 +57,12 @@ class Podman(OciCliRuntime):
 
     def gpu_args(self, req: RunRequest) -> list[str]:
         if req.gpu == Gpu.NVIDIA:
-            return ["--device", "nvidia.com/gpu=all"]
+            # Only the GPUs this job was given (CUDA_VISIBLE_DEVICES, Slurm's
+            # lists), one CDI device each; `all` only when nothing restricts them.
+            gpus = allocated_gpus(self.environ)
+            if gpus is None:
+                return ["--device", "nvidia.com/gpu=all"]
+            return [arg for g in gpus for arg in ("--device", f"nvidia.com/gpu={g}")]
         args = self.amd_args()
         if self.rootless:  # keep the caller's video/render groups for /dev/dri
             args[-2:] = ["--group-add", "keep-groups"]

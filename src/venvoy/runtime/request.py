@@ -122,6 +122,25 @@ class RunRequest:
         return dict(self.env)
 
 
+#: What a bind mount's path cannot hold on every runtime: ':' separates SRC,
+#: DST and options (-v, --bind, -b); ',' separates mounts (Apptainer) and
+#: options (Podman); a newline breaks the one-line error and the runtimes' parsing.
+MOUNT_UNSAFE = (":", ",", "\n")
+
+
+def check_cwd(cwd: str) -> None:
+    """The current directory is mounted at the same path: refuse one that no
+    runtime's mount syntax can express, with what to do, as --mount is refused."""
+    bad = [c for c in MOUNT_UNSAFE if c in cwd]
+    if bad:
+        shown = " or ".join("a newline" if c == "\n" else repr(c) for c in bad)
+        raise BadRequest(
+            f"the current directory {cwd!r} contains {shown}, which container runtimes "
+            "cannot mount (it is mounted at the same path, as the working directory)",
+            "cd to a directory whose path has no ':' or ',' and run from there; "
+            "mount what you need with --mount SRC:DST from a path without them")
+
+
 def parse_env(items: Iterable[str]) -> list[tuple[str, str]]:
     """Parse ``K=V`` strings; the value is kept byte-exact (it may hold '=')."""
     out = []
@@ -162,6 +181,7 @@ def make_request(
     cwd = os.getcwd()
     parsed_mounts = [m if isinstance(m, Mount) else Mount.parse(m, cwd) for m in mounts]
     if mount_cwd and not any(m.target == cwd for m in parsed_mounts):
+        check_cwd(cwd)
         parsed_mounts.insert(0, Mount(cwd, cwd))
     pairs: list[tuple[str, str]] = [("PYTHONNOUSERSITE", "1")]
     for name in env_pass:

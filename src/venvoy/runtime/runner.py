@@ -4,8 +4,9 @@ Exec'ing the runtime (Apptainer, Singularity, Charliecloud) costs nothing and
 gives the runtime our PID, so signals, exit status and stdio are exactly the
 runtime's. Docker and Podman are run as a child instead: venvoy forwards
 signals to it and, if the run fails with 125, can tell the user that the image
-is missing in one clear line. Either way no shell is involved: argv goes to the
-runtime byte-exact.
+is missing in one clear line. The child dies with venvoy (see :func:`spawn`),
+so a ``kill -9`` of venvoy leaves no client and no container running. Either
+way no shell is involved: argv goes to the runtime byte-exact.
 """
 
 from __future__ import annotations
@@ -52,8 +53,48 @@ def run(runtime: Runtime, req: RunRequest) -> int:
     return _spawn_and_wait(runtime, req, inv.argv, inv.env)
 
 
+def spawn(argv: list[str], env: dict[str, str]) -> int:
+    """Start ``argv`` as a child that gets SIGTERM when venvoy dies (even by
+    ``kill -9``): ``docker``/``podman run`` then stop the container and
+    ``--rm`` removes it, instead of both running on, orphaned. Returns the PID.
+
+    fork + prctl + execve rather than posix_spawn, which cannot ask for the
+    death signal; the exec error, if any, comes back through a close-on-exec
+    pipe and is raised here as posix_spawn would.
+    """
+    from venvoy.core.proc import die_with_parent, prepare
+
+    prepare()
+    parent = os.getpid()
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child (coverage cannot see it)
+        try:
+            os.close(rfd)
+            for sig in RESTORED:
+                signal.signal(sig, signal.SIG_DFL)
+            die_with_parent(signal.SIGTERM, parent)
+            os.execve(argv[0], argv, env)
+        except OSError as exc:
+            os.write(wfd, str(exc.errno).encode())
+        finally:
+            os._exit(127)
+    os.close(wfd)
+    try:
+        err = b""
+        while chunk := os.read(rfd, 64):
+            err += chunk
+    finally:
+        os.close(rfd)
+    if err:
+        os.waitpid(pid, 0)
+        errno = int(err)
+        raise OSError(errno, os.strerror(errno), argv[0])
+    return pid
+
+
 def _spawn_and_wait(runtime: Runtime, req: RunRequest, argv: list[str], env: dict[str, str]) -> int:
-    pid = os.posix_spawn(argv[0], argv, env, setsigdef=RESTORED)
+    pid = spawn(argv, env)
     forward_int = not req.tty  # on a TTY, Ctrl-C already reaches the child's process group
 
     def forward(signum: int, _frame: object) -> None:

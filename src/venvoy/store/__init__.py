@@ -1,0 +1,4 @@
+"""The one store (``VENVOY_HOME``): its layout, defined once; environment records,
+checked on read; each runtime's cached form of an image, bound to its verified
+image ID; and the stat-only fast path ``venvoy run`` uses.
+"""

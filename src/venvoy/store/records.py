@@ -8,22 +8,23 @@ environment's lock.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import stat
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from venvoy.core.errors import BadRequest, DamagedError, NotFound, VenvoyError
-from venvoy.core.fs import TMP_PREFIX
+from venvoy.core.fs import TMP_PREFIX, temp_name
 from venvoy.core.names import check_name
 from venvoy.core.platform import LOCK_ARCHES, is_python_version
-from venvoy.store.fastpath import IMAGE_FILE, env_tag
+from venvoy.store.fastpath import IMAGE_FILE, RECORD_FILE, env_tag
 from venvoy.store.layout import Store, digest_hex
 
-RECORD_FILE = "env.json"
 LOCK_FILE = "pylock.toml"
 REQUIREMENTS_FILE = "requirements.in"
 #: Bounds on what is read from a record directory (a real one is a few KiB).
@@ -51,19 +52,77 @@ def _is_created(value: object) -> bool:
     return all(c.isdigit() if s == "d" else c == s for c, s in zip(value, shape, strict=True))
 
 
+#: The one pip option a requirement line may carry: a sha256 pin of the file.
+_HASH_OPTION = "--hash"
+
+
+def _hash_value(value: str, where: str, error: type[VenvoyError]) -> str:
+    algo, _, digest = value.partition(":")
+    if algo != "sha256" or not _is_hex64(digest.lower()):
+        raise error(f"{where}: {_HASH_OPTION} {value[:80]!r} is not sha256:<64 hex digits>",
+                    "venvoy checks sha256 pins only; give --hash=sha256:<hex>")
+    return digest.lower()
+
+
+def strip_comment(line: str) -> str:
+    """``line`` without its comment: ``#`` at the start or after white space
+    (``#egg=`` or ``#sha256=`` inside a URL is kept)."""
+    for i, c in enumerate(line):
+        if c == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i].rstrip()
+    return line
+
+
+def split_requirement(line: str, where: str = "requirement",
+                      error: type[VenvoyError] = BadRequest) -> tuple[str, list[str]]:
+    """One requirement line as (the requirement, its ``--hash=sha256:`` pins).
+
+    Any other option (``--index-url``, ``-e``, ``-r``, ``--config-settings``
+    ...) would change where packages come from or how they are built, so it is
+    refused, whether it starts the line or follows a requirement.
+    """
+    tokens = strip_comment(line).split()
+    head: list[str] = []
+    pins: list[str] = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        option, eq, value = token.partition("=")
+        if option == _HASH_OPTION:
+            if not eq:
+                i += 1
+                value = tokens[i] if i < len(tokens) else ""
+            pins.append(_hash_value(value, where, error))
+        elif token.startswith("-"):
+            raise error(f"{where}: options such as {option[:40]!r} are not supported in "
+                        "requirements", "list the requirements themselves (--hash=sha256: pins "
+                        "are the one option allowed)")
+        elif pins:
+            raise error(f"{where}: {token[:40]!r} follows a --hash pin",
+                        "put the --hash pins at the end of the line")
+        else:
+            head.append(token)
+        i += 1
+    if pins and not head:
+        raise error(f"{where}: a --hash pin without a requirement", "put it after the requirement")
+    return " ".join(head), pins
+
+
 def check_requirement_lines(text: str, where: str,
                             error: type[VenvoyError] = BadRequest) -> str:
     """Requirement lines as venvoy stores them: one requirement a line, no pip
     options (``--index-url``, ``-e``, ``-r`` would change where packages come
-    from), no control characters. Returns ``text``."""
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if stripped.startswith("-"):
-            raise error(f"{where}:{number}: options such as {stripped.split()[0][:40]!r} are not "
-                        "supported in requirements", "list the requirements themselves")
-        if not _printable(line):
-            raise error(f"{where}:{number}: a requirement holds control characters",
-                        "remove them")
+    from) except sha256 ``--hash`` pins, no control characters. The one check
+    for ``init -r`` files, the library's package lists and every record read
+    (imported or not). Returns ``text``; raises ``error`` naming the line."""
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines: \x1c is no line end
+        here = f"{where}:{number}"
+        if not _printable(line.replace("\t", " ")):
+            raise error(f"{here}: a requirement holds control characters", "remove them")
+        if line.rstrip().endswith("\\"):  # a continuation would join lines behind this check
+            raise error(f"{here}: a requirement ends with a line continuation",
+                        "write each requirement on one line")
+        split_requirement(line, here, error)
     return text
 
 
@@ -151,7 +210,8 @@ class EnvRecord:
                 continue
             if not isinstance(value, str) or len(value) > _MAX_TEXT:
                 raise bad(f"{key!r} is not text (or is too long)")
-            if not _printable(value, newlines=key == "requirements"):
+            if not _printable(value.replace("\t", " ") if key == "requirements" else value,
+                              newlines=key == "requirements"):
                 raise bad(f"{key!r} holds control characters")
         glibc = values.get("glibc") or ""
         if glibc and not (isinstance(glibc, str) and glibc.startswith("2.") and glibc[2:].isdigit()
@@ -171,7 +231,7 @@ class EnvRecord:
                         and _printable(k) and _printable(v) for k, v in imported.items())):
             raise bad("'imported_from' is not a small map of text")
         try:
-            check_requirement_lines(values.get("requirements", ""), f"{where} requirements",
+            check_requirement_lines(values.get("requirements", ""), "'requirements'",
                                     DamagedError)
         except DamagedError as exc:
             raise bad(exc.message) from None
@@ -220,17 +280,19 @@ class Environment:
         path = self.dir / LOCK_FILE
         hint = f"re-create it with `venvoy init {self.name} --force`, or `venvoy remove {self.name}`"
         try:
-            raw = read_bounded(path, MAX_LOCK_BYTES)
+            raw = read_bounded(path, MAX_LOCK_BYTES, hint)
         except FileNotFoundError:
             raise DamagedError(f"environment {self.name!r} has no {LOCK_FILE}", hint) from None
         except OSError as exc:
             raise DamagedError(f"cannot read {path}: {exc.strerror or exc}", hint) from None
-        if hashlib.sha256(raw).hexdigest() != self.lock_hash:
-            raise DamagedError(f"{path} does not match the environment's lock hash", hint)
         try:
-            return raw.decode()
+            text = raw.decode()
         except UnicodeDecodeError:
-            raise DamagedError(f"{path} is not UTF-8 text", hint) from None
+            raise DamagedError(f"{path} is damaged: not UTF-8 text", hint) from None
+        # The lock hash is of the text with its line endings normalised (see lock_hash).
+        if lock_hash(text) != self.lock_hash:
+            raise DamagedError(f"{path} does not match the environment's lock hash", hint)
+        return text
 
     @property
     def tag(self) -> str:
@@ -247,12 +309,16 @@ def lock_hash(text: str) -> str:
     return hashlib.sha256((text.rstrip("\n") + "\n").encode("utf-8")).hexdigest()
 
 
-def read_bounded(path: Path, limit: int) -> bytes:
-    """A small file's bytes, refusing one larger than ``limit`` (a record is never big)."""
-    with open(path, "rb") as fh:
+def read_bounded(path: Path, limit: int, hint: str = "remove or replace it") -> bytes:
+    """A small file's bytes, refusing one larger than ``limit`` (a record is never big)
+    or one that is not a regular file (a FIFO would block, a device never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DamagedError(f"{path} is damaged: not a regular file", hint)
         data = fh.read(limit + 1)
     if len(data) > limit:
-        raise DamagedError(f"{path} is larger than {limit} bytes", "remove or replace it")
+        raise DamagedError(f"{path} is damaged: larger than {limit} bytes", hint)
     return data
 
 
@@ -266,8 +332,10 @@ def read_record(store: Store, name: str) -> EnvRecord:
     path = store.env_dir(name) / RECORD_FILE
     hint = _damaged_hint(name)
     try:
-        raw = read_bounded(path, MAX_RECORD_BYTES)
+        raw = read_bounded(path, MAX_RECORD_BYTES, hint)
     except FileNotFoundError:
+        if path.parent.is_dir():  # written as a whole: a directory without a record is damage
+            raise DamagedError(f"environment {name!r} has no {RECORD_FILE}", hint) from None
         raise NotFound(f"no environment named {name!r}",
                        f"create it with `venvoy init {name}`; `venvoy list` shows what exists"
                        ) from None
@@ -284,9 +352,12 @@ def read_record(store: Store, name: str) -> EnvRecord:
 
 
 def get(name: str, store: Store | None = None) -> Environment:
-    """The environment called ``name``; one clear error if there is none or it is damaged."""
+    """The environment called ``name``; one clear error if there is none or it is
+    damaged (its record, or its lock against the record's hash: a few KiB)."""
     store = store or Store()
-    return Environment(store, read_record(store, check_name(name)))
+    env = Environment(store, read_record(store, check_name(name)))
+    _ = env.lock_text
+    return env
 
 
 def find(store: Store, name: str) -> Environment | None:
@@ -313,35 +384,56 @@ def names(store: Store) -> list[str]:
     return out
 
 
+def safe_text(text: str, limit: int = 400) -> str:
+    """``text`` fit for one line of a terminal: every non-printable character
+    (escape codes, newlines, bidi overrides) shown escaped, never sent."""
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return out if len(out) <= limit else out[:limit - 3] + "..."
+
+
+def _forms(store: Store, env: Environment, markers: list[str]) -> list[str]:
+    forms = ["archive"] if env.archive.is_file() else []
+    if store.sif(env.image_id).is_file():
+        forms.append("sif")
+    if store.ch_dir(env.image_id).is_dir():
+        forms.append("charliecloud")
+    prefix = digest_hex(env.image_id)[:16]
+    loaded = {m.split("-")[0] + ("-rootless" if "-rootless-" in m else "")
+              for m in markers if prefix in m}
+    # Marker names are file names: only a runtime's name is shown from them.
+    return forms + sorted(f for f in loaded if f.replace("-", "").isalnum() and f.isascii())
+
+
 def list_envs(store: Store | None = None) -> list[dict[str, Any]]:
     """Every environment with what `venvoy list` shows; a damaged one is listed
-    as such (``"damaged": "why"``) instead of breaking the list."""
+    as such (``{"name": ..., "damaged": "why"}``, the reason printable on one
+    line) instead of breaking the list for every other environment."""
     store = store or Store()
     out: list[dict[str, Any]] = []
     loaded = store.root / "cache" / "loaded"
-    markers = sorted(os.listdir(loaded)) if loaded.is_dir() else []
+    try:
+        markers = sorted(os.listdir(loaded))
+    except OSError:
+        markers = []
     for name in names(store):
-        if not (store.env_dir(name) / RECORD_FILE).is_file():
+        directory = store.env_dir(name)
+        if not directory.is_dir():
             continue
         try:
             env = get(name, store)
+            size = env.archive.stat().st_size if env.archive.is_file() else 0
+            row = {
+                "name": env.name, "python": env.python, "forms": _forms(store, env, markers),
+                "size": size, "lock_hash": env.lock_hash, "identity": env.identity,
+                "created": env.created, "packages": env.packages,
+            }
         except VenvoyError as exc:
-            out.append({"name": name, "damaged": exc.message})
+            out.append({"name": name, "damaged": safe_text(str(exc))})
             continue
-        forms = ["archive"] if env.archive.is_file() else []
-        if store.sif(env.image_id).is_file():
-            forms.append("sif")
-        if store.ch_dir(env.image_id).is_dir():
-            forms.append("charliecloud")
-        prefix = digest_hex(env.image_id)[:16]
-        forms += sorted({m.split("-")[0] + ("-rootless" if "-rootless-" in m else "")
-                         for m in markers if prefix in m})
-        out.append({
-            "name": env.name, "python": env.python, "forms": forms,
-            "size": env.archive.stat().st_size if env.archive.is_file() else 0,
-            "lock_hash": env.lock_hash, "identity": env.identity, "created": env.created,
-            "packages": env.packages,
-        })
+        except OSError as exc:
+            out.append({"name": name, "damaged": safe_text(f"cannot read it: {exc.strerror or exc}")})
+            continue
+        out.append(row)
     return out
 
 
@@ -354,23 +446,42 @@ def write_env(store: Store, record: EnvRecord, lock_text: str) -> Environment:
         tmp.chmod(0o755)
         (tmp / LOCK_FILE).write_text(lock_text)
         (tmp / REQUIREMENTS_FILE).write_text(record.requirements)
-        (tmp / RECORD_FILE).write_text(json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n")
-        (tmp / IMAGE_FILE).write_text(f"{record.image_id} {record.identity}\n")
+        data = (json.dumps(record.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+        (tmp / RECORD_FILE).write_bytes(data)
+        # the fast path of `venvoy run` trusts a record of this size only
+        (tmp / IMAGE_FILE).write_text(f"{record.image_id} {record.identity} {len(data)}\n")
     return Environment(store, record)
 
 
+def named_images(store: Store, name: str) -> dict[str, str | None]:
+    """Image IDs an environment's directory names, even when its record is
+    damaged: ``env.json``'s ``image_id`` if it can be read at all, and the
+    fast path's ``image`` file; each with the identity beside it (or None).
+    Only well-formed IDs are returned: they can name no file outside the store."""
+    found: dict[str, str | None] = {}
+    directory = store.env_dir(name)
+    with contextlib.suppress(OSError, ValueError, RecursionError, VenvoyError):
+        words = read_bounded(directory / IMAGE_FILE, 4096).decode().split()
+        if len(words) in (2, 3) and _is_hex64(words[1]):
+            found[words[0]] = words[1]
+    with contextlib.suppress(OSError, ValueError, RecursionError, VenvoyError):
+        data = json.loads(read_bounded(directory / RECORD_FILE, MAX_RECORD_BYTES))
+        if isinstance(data, dict) and isinstance(data.get("image_id"), str):
+            identity = data.get("identity")
+            found.setdefault(data["image_id"], identity if _is_hex64(identity) else None)
+    out: dict[str, str | None] = {}
+    for image_id, identity in found.items():
+        with contextlib.suppress(VenvoyError):
+            digest_hex(image_id)
+            if image_id.startswith("sha256:"):
+                out[image_id] = identity
+    return out
+
+
 def image_in_use(store: Store, image_id: str) -> bool:
-    """Whether any environment's record names ``image_id``. A damaged record
-    counts as using nothing it does not name; one naming the image keeps it."""
-    for name in names(store):
-        path = store.env_dir(name) / RECORD_FILE
-        try:
-            data = json.loads(read_bounded(path, MAX_RECORD_BYTES))
-        except (OSError, ValueError, RecursionError, VenvoyError):
-            continue
-        if isinstance(data, dict) and data.get("image_id") == image_id:
-            return True
-    return False
+    """Whether any environment names ``image_id``. A damaged record keeps every
+    image its directory still names (see :func:`named_images`)."""
+    return any(image_id in named_images(store, name) for name in names(store))
 
 
 def drop_image_if_unused(store: Store, image_id: str) -> int:
@@ -399,28 +510,42 @@ def remove(name: str, store: Store | None = None) -> int:
     The record is read under the environment's lock (so a concurrent ``init
     --force`` cannot slip a new image past it), and a damaged record is
     removed too: what it names that is valid is cleaned up, the rest is left.
+    Nothing is changed when the directory cannot be moved away (a read-only
+    store): one clear error instead.
     """
     store = store or Store()
     check_name(name)
     with store.lock(f"env-{name}"):
         directory = store.env_dir(name)
-        if not directory.is_dir():
+        if not directory.is_dir() or directory.is_symlink():
             raise NotFound(f"no environment named {name!r}", "`venvoy list` shows what exists")
-        image_id = tag = None
         try:
             record = read_record(store, name)
-            image_id, tag = record.image_id, env_tag(name, record.identity)
-        except DamagedError:
-            pass
-        freed = sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+            images: dict[str, str | None] = {record.image_id: record.identity}
+        except (DamagedError, NotFound):
+            images = named_images(store, name)  # what a damaged record still names
+        freed = 0
+        with contextlib.suppress(OSError):
+            freed = sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
         # Rename first (atomic), then delete: a crash leaves no half-removed record.
-        doomed = directory.with_name(f"{TMP_PREFIX}removed-{name}-{os.getpid()}")
-        os.replace(directory, doomed)
+        doomed = directory.with_name(temp_name(f"{TMP_PREFIX}removed-{name}"))
+        try:
+            os.replace(directory, doomed)
+        except OSError as exc:
+            raise VenvoyError(f"cannot remove {name}: {exc.strerror or exc} ({directory})",
+                              "venvoy needs write access to the store; nothing was changed"
+                              ) from None
         shutil.rmtree(doomed, ignore_errors=True)
-        if image_id is not None and tag is not None:
-            freed += drop_image_if_unused(store, image_id)
-            if not image_in_use(store, image_id):
+        for image_id, identity in images.items():
+            try:
+                freed += drop_image_if_unused(store, image_id)
+            except OSError as exc:
+                raise VenvoyError(f"removed {name}, but cannot delete its image: "
+                                  f"{exc.strerror or exc} ({exc.filename})",
+                                  "delete that file by hand, or fix the store's permissions"
+                                  ) from None
+            if identity is not None and not image_in_use(store, image_id):
                 from venvoy.store.forms import forget_all_loaded
 
-                forget_all_loaded(store, image_id, tag)
+                forget_all_loaded(store, image_id, env_tag(name, identity))
     return freed

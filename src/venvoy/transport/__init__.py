@@ -33,13 +33,13 @@ class ExportFormat:
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("archive", "archive", "export_archive",
                  "the image, verified, for `venvoy import` (default)", sif=True),
-    ExportFormat("wheelhouse", "exports", "export_wheelhouse",
+    ExportFormat("wheelhouse", "wheelhouse", "export_wheelhouse",
                  "the lock and wheels for x86_64 and aarch64"),
-    ExportFormat("containerfile", "exports", "export_containerfile",
+    ExportFormat("containerfile", "contexts", "export_containerfile",
                  "a build context for plain podman/docker build"),
-    ExportFormat("apptainer-def", "exports", "export_apptainer_def",
+    ExportFormat("apptainer-def", "contexts", "export_apptainer_def",
                  "a build context for plain apptainer build"),
-    ExportFormat("lock", "exports", "export_lock", "pylock.toml"),
+    ExportFormat("lock", "lockfile", "export_lock", "pylock.toml"),
 )}
 
 

@@ -20,7 +20,8 @@ def import_any(path: str | os.PathLike[str], *, name: str | None = None, runtime
     With ``runtime``, that runtime's form of the image is made right away (e.g.
     the SIF), so the first run on a compute node does not pay for it.
     """
-    from venvoy.transport.archive import import_archive, sniff_format
+    from venvoy.transport.archive import import_archive
+    from venvoy.transport.sniff import sniff_format
 
     store = store or Store()
     src = Path(path)
@@ -37,7 +38,7 @@ def import_any(path: str | os.PathLike[str], *, name: str | None = None, runtime
                           env.tag, progress)
         return env
     if kind == "wheelhouse":
-        from venvoy.transport.exports import import_wheelhouse
+        from venvoy.transport.wheelhouse import import_wheelhouse
 
         return import_wheelhouse(src, store=store, name=name, runtime=runtime, force=force,
                                  offline=offline, base=base, progress=progress)
