@@ -211,6 +211,14 @@ def test_with_sif(built: Built, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     archive = Path(built.tool.run("export", str(built.store), built.name, str(out), "--with-sif"))
+    # The SIF travels (for plain `apptainer exec` after `tar -x`) and is a real SIF ...
+    listing = subprocess.run(["tar", "-tf", str(archive)], capture_output=True, text=True,
+                             check=True).stdout.split()
+    sif_member = next(n for n in listing if n.endswith("/image.sif"))
+    subprocess.run(["tar", "-C", str(tmp_path), "-xf", str(archive), sif_member], check=True)
+    assert b"SIF_MAGIC" in (tmp_path / sif_member).read_bytes()[:128]
+    # ... but `venvoy import` never puts an unverifiable SIF into the shared cache:
+    # it is made again from the verified image on first use.
     store = tmp_path / "store"
     assert built.tool.run("import", str(archive), str(store)) == "archive-it"
-    assert len(list((store / "cache" / "sif").glob("*.sif"))) == 1
+    assert not list((store / "cache" / "sif").glob("*.sif"))

@@ -9,6 +9,7 @@ line. (The commands that need no runtime, on every damage: tests/unit/test_damag
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -150,3 +151,25 @@ def test_read_only_store_runs_what_is_built(store: Store) -> None:
         assert "Read-only file system" in line, line
     assert "damaged" in store.ok("list", prefix=prefix)
     assert sorted(str(p) for p in store.home.rglob("*") if "locks" not in p.parts) == before
+
+
+def test_a_record_damaged_after_its_image_was_loaded_never_runs(store: Store) -> None:
+    """``venvoy run`` finds a built environment with a few stats (store/fastpath.py).
+    Once e1's image is loaded into Docker, damaging its env.json used to change
+    nothing: it still ran. Now each damage gives the record's one line; an ``image``
+    file that is a FIFO does not hang ``run`` (the full path runs the good record)."""
+    e1 = store.env_dir("e1")
+    if e1.exists():
+        shutil.rmtree(e1)
+    store.ok("import", str(store.work / "e2.tar"), "--name", "e1", "--quiet")
+    assert store.ok("run", "e1", "--runtime", "docker", "--", "python", "-c", "print(3)") == "3\n"
+    good = (e1 / "env.json").read_bytes()
+    for damage in ("truncated", "list", "traversal-id", "escape-codes"):
+        DAMAGE[damage](e1)
+        assert "e1" in one_error(store("run", "e1", "--runtime", "docker", "--", "true"))
+        (e1 / "env.json").write_bytes(good)
+    (e1 / "image").unlink()
+    os.mkfifo(e1 / "image")
+    assert store("run", "e1", "--runtime", "docker", "--", "python", "-c", "print(4)",
+                 timeout=600).stdout == "4\n"
+    shutil.rmtree(e1)

@@ -642,3 +642,29 @@ def test_parse_version() -> None:
     assert Runtime.parse_version("0.31\n") == "0.31"
     assert Runtime.parse_version("weird\nmore") == "weird"
     assert Runtime.parse_version("") == "?"
+
+
+def test_charliecloud_load_never_replaces_a_directory_that_is_not_an_image(
+        tmp_path: Path) -> None:
+    """`venvoy load --runtime charliecloud X.tar --name data --dest ~` must not
+    delete ~/data (a user's directory, not an image) to put the image there."""
+    from tests.unit._archives import docker_archive, layer_tar
+
+    archive = docker_archive(tmp_path / "img.tar", [layer_tar([("file", "bin/sh", "x")])])
+    dest = tmp_path / "home"
+    (dest / "data").mkdir(parents=True)
+    (dest / "data" / "thesis.tex").write_text("years of work\n")
+    (dest / "notes").write_text("a file\n")
+    ch = Charliecloud("/usr/bin/ch-run", HOST_ENV)
+    for name in ("data", "notes"):
+        with pytest.raises(BadRequest) as info:
+            ch.load_archive(archive, name, dest)
+        assert "not a Charliecloud image" in str(info.value)
+        assert "\n" not in str(info.value)
+    assert (dest / "data" / "thesis.tex").read_text() == "years of work\n"
+    assert (dest / "notes").read_text() == "a file\n"
+    # an image venvoy unpacked there before is replaced, as it always was
+    first = Path(ch.load_archive(archive, "img", dest))
+    (first / "stale").write_text("old\n")
+    assert Path(ch.load_archive(archive, "img", dest)) == first
+    assert not (first / "stale").exists() and (first / "bin" / "sh").is_file()

@@ -129,7 +129,8 @@ def test_round_trip(source: records.Environment, dest: Store, tmp_path: Path, co
     assert env.lock_text == source.lock_text
     assert env.data["imported_from"]["file"] == out.name
     assert {k: v for k, v in env.data.items() if k != "imported_from"} == source.data
-    assert (env.dir / "image").read_text().split() == [env.image_id, env.identity]
+    assert (env.dir / "image").read_text().split() == [
+        env.image_id, env.identity, str((env.dir / "env.json").stat().st_size)]
     assert not list(dest.tmp.iterdir())  # the temporary directory is gone
 
 
@@ -261,22 +262,40 @@ def test_failed_publish_leaves_the_store_as_it_was(source: records.Environment, 
     assert archive.import_archive(out, store=dest).name == "demo"
 
 
+def _dead_owner() -> str:
+    """An owner tag (venvoy.core.fs) of a process of this host that has exited."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", "from venvoy.core.fs import owner_tag; "
+                           "print(owner_tag())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def test_stale_temporaries_are_cleaned(source: records.Environment, dest: Store, tmp_path: Path) -> None:
-    host = archive._host()
+    """A killed export's or import's temporaries (owner-tagged names, venvoy.core.fs) are
+    removed by the next one; a running one's, or one of another host, are not."""
+    from venvoy.core.fs import owner_tag
+
     final = f"demo-{source.lock_hash[:12]}.venvoy.tar.gz"
-    dead = 2 ** 22 + 12345  # beyond pid_max on most systems: no such process
-    stale = tmp_path / f".{final}.{host}-{dead}-abcd.part"
-    live = tmp_path / f".{final}.{host}-{os.getpid()}-abcd.part"
-    foreign = tmp_path / f".{final}.otherhost-{dead}-abcd.part"
+    dead = _dead_owner()
+    stale = tmp_path / f".{final}@{dead}+0badf00d.part"
+    live = tmp_path / f".{final}@{owner_tag()}+0badf00d.part"
+    foreign = tmp_path / f".{final}@otherhost+12+34+0badf00d.part"
     for p in (stale, live, foreign):
         p.write_text("partial")
     out = archive.export_archive(source, tmp_path, compression="gzip")
     assert not stale.exists() and live.exists() and foreign.exists()
-    old_import = dest.tmp / f"import-{host}-{dead}-xyz"
-    old_import.mkdir()
-    (old_import / "image.tar").write_text("partial")
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part") and p not in (live, foreign)]
+    dest.tmp.mkdir(parents=True, exist_ok=True)
+    old_import = dest.tmp / f"import@{dead}+0badf00d"
+    running = dest.tmp / f"import@{owner_tag()}+0badf00d"
+    for d in (old_import, running):
+        d.mkdir()
+        (d / "image.tar").write_text("partial")
     archive.import_archive(out, store=dest)
-    assert not old_import.exists()
+    assert not old_import.exists() and running.exists()
+    assert sorted(p.name for p in dest.tmp.iterdir()) == [running.name]  # its own work is gone
 
 
 # -- sniffing ---------------------------------------------------------------------------------
@@ -677,8 +696,38 @@ def test_one_line_errors_for_hostile_names(kit: Kit, dest: Store, tmp_path: Path
 
 
 def test_hostname_is_safe_in_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    from venvoy.core import fs
+
     monkeypatch.setattr(socket, "gethostname", lambda: "node-1/../x")
-    assert archive._host() == "node_1_.._x"
+    monkeypatch.setattr(fs, "_owner", None)
+    name = fs.temp_name(".demo.venvoy.tar.gz", ".part")
+    assert "/" not in name and fs.owner_alive(name) is True
+
+
+def damage_record(store: Store, name: str) -> None:
+    (store.env_dir(name) / "env.json").write_text("{")
+
+
+def test_import_over_a_damaged_environment(source: records.Environment, dest: Store,
+                                           tmp_path: Path) -> None:
+    """A damaged environment of the same name: without --force one line saying to use
+    it; with --force it is replaced, and the image only it named is dropped."""
+    out = archive.export_archive(source, tmp_path / "a.tar.gz")
+    orphan = "sha256:" + "9" * 64
+    dest.image_archive(orphan).parent.mkdir(parents=True)
+    dest.image_archive(orphan).write_bytes(b"old image")
+    dest.env_dir("demo").mkdir(parents=True)
+    (dest.env_dir("demo") / "image").write_text(f"{orphan} {'1' * 64}\n")
+    damage_record(dest, "demo")
+    with pytest.raises(VenvoyError) as exc:
+        archive.import_archive(out, store=dest)
+    message = str(exc.value)
+    assert "\n" not in message and "damaged" in message and "--force" in message
+    assert dest.image_archive(orphan).is_file()  # nothing changed
+    env = archive.import_archive(out, store=dest, force=True)
+    assert records.get("demo", dest).record == env.record
+    assert env.archive.is_file()
+    assert not dest.image_archive(orphan).exists()
 
 
 def docker_tar(config: dict[str, Any], layers: list[bytes]) -> bytes:

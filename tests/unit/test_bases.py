@@ -430,7 +430,7 @@ def test_base_tar_with_a_huge_pax_header_is_refused(store: Path, tmp_path: Path)
     head.type, head.size = tarfile.XHDTYPE, 1 << 31  # claims 2 GiB of header
     data = head.tobuf(format=tarfile.USTAR_FORMAT) + bytes(1 << 16)
     bad = _write(tmp_path / "pax.tar", data)
-    with pytest.raises(VenvoyError, match=r"base .* is not a readable tar: tar member header"):
+    with pytest.raises(VenvoyError, match=r"base .* is not a readable tar: .*pax header of 2147483648 bytes"):
         resolve_base("3.11", str(bad), store=store, runtime=None)  # refused before reading 2 GiB
 
 

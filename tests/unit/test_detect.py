@@ -334,3 +334,11 @@ def test_choosing_a_runtime_starts_nothing(fakebin) -> None:
     choose_runtime(None, fakebin.env(SLURM_JOB_ID="1"))
     find_runtimes(fakebin.env())
     assert not fakebin.log.exists()
+
+
+def test_empty_requested_runtime_is_refused_not_detected(fakebin) -> None:
+    """`--runtime ''` is a wrong option: refused, never silently replaced by detection."""
+    fakebin.add("docker")
+    with pytest.raises(BadRequest) as info:
+        choose_runtime("", fakebin.env())
+    assert "unknown runtime ''" in str(info.value)

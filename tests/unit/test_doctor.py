@@ -558,3 +558,36 @@ def test_gpu_probe_check(fake_libcuda: Path) -> None:
 def test_unknown_file_system_is_not_called_node_local(tmp_path: Path) -> None:
     c = dr.check_tmp("temporary space", str(tmp_path), "VENVOY_TMPDIR", "", "VENVOY_TMPDIR")
     assert "file system unknown" in c.evidence and "node-local" not in c.evidence
+
+
+# -- the allocation variables reach every container (runtime.request) -----------------------
+
+def test_make_request_passes_the_gpu_allocation(tmp_path: Path, monkeypatch) -> None:
+    from venvoy.runtime.request import GPU_ENV_PASS, make_request
+
+    monkeypatch.chdir(tmp_path)
+    host = {"CUDA_VISIBLE_DEVICES": "1", "ROCR_VISIBLE_DEVICES": "0", "HIP_VISIBLE_DEVICES": "0",
+            "NVIDIA_VISIBLE_DEVICES": "1", "GPU_DEVICE_ORDINAL": "1", "SLURM_JOB_GPUS": "3",
+            "SLURM_STEP_GPUS": "3", "SLURM_GPUS_ON_NODE": "1", "SLURM_JOB_ID": "42", "HOME": "/h"}
+    env = make_request("img", ["env"], environ=host, tty=False).env_dict
+    for name in ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES",
+                 "NVIDIA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "SLURM_JOB_GPUS",
+                 "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE"):
+        assert env[name] == host[name]
+    assert "SLURM_JOB_ID" not in env and "HOME" not in env  # only the GPU allocation
+    assert "SLURM_*GPU*" in GPU_ENV_PASS
+
+
+def test_explicit_env_overrides_the_allocation(tmp_path: Path, monkeypatch) -> None:
+    from venvoy.runtime.request import make_request
+
+    monkeypatch.chdir(tmp_path)
+    req = make_request("img", ["env"], env=["CUDA_VISIBLE_DEVICES=0"], tty=False,
+                       environ={"CUDA_VISIBLE_DEVICES": "1,3"})
+    assert req.env_dict["CUDA_VISIBLE_DEVICES"] == "0"
+    assert make_request("img", ["env"], environ={}, tty=False).env_dict == {"PYTHONNOUSERSITE": "1"}
+
+
+def test_gpu_probe_sees_the_host_allocation(fake_libcuda: Path) -> None:
+    ok = dr.gpu_probe(ProbeRuntime(fake_libcuda), "img", {"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert "(CUDA_VISIBLE_DEVICES=0,1)" in ok.evidence

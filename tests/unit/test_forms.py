@@ -393,3 +393,52 @@ def test_export_ships_only_a_verified_sif_and_import_never_trusts_one(tmp_path: 
     # A SIF cannot be checked against the image: it is made again from image.tar.
     assert not dest.sif(imported.image_id).exists()
     assert not dest.sif_check(imported.image_id).exists()
+
+
+def test_a_file_where_the_charliecloud_form_belongs_is_replaced(store: Store) -> None:
+    """Damage in the store's own directory forms is repaired (the adapter
+    refuses to replace what is not an image only at a user's --dest)."""
+    from tests.unit._archives import docker_archive, layer_tar
+
+    archive = docker_archive(store.image_archive(ID_A), [layer_tar([("file", "bin/sh", "x")])])
+    target = store.ch_dir(ID_A)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text("damaged\n")
+    rt = adapter_class("charliecloud")("/x", {})
+    assert forms.ensure_native(store, rt, archive, ID_A, TAG) == str(target)
+    assert (target / "bin" / "sh").is_file()
+
+
+@pytest.mark.parametrize("damage", ["directory", "symlink", "fifo"])
+def test_a_damaged_conversions_log_is_never_followed_and_never_blocks(
+        store: Store, tmp_path: Path, damage: str) -> None:
+    """The conversions log is a note: as a directory it crashed the run with a
+    traceback, as a FIFO it hung the run forever (holding the lock), as a
+    symlink root appended to the file it points to, outside the store."""
+    log = store.conversions_log
+    log.parent.mkdir(parents=True, exist_ok=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("canary\n")
+    if damage == "directory":
+        log.mkdir()
+    elif damage == "symlink":
+        log.symlink_to(outside)
+    else:
+        os.mkfifo(log)
+    # In a child, so that the hang of the old code is a failure, not a stuck suite.
+    code = ("from pathlib import Path; from tests.unit.test_forms import FakeSif, ID_A, TAG;"
+            "from venvoy.store import forms;"
+            "from venvoy.store.layout import Store;"
+            f"s = Store(Path({str(store.root)!r}), environ={{}});"
+            "print(forms.ensure_native(s, FakeSif('/x', {}), s.image_archive(ID_A), ID_A, TAG))")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=120, cwd=Path(__file__).resolve().parents[2])
+    except subprocess.TimeoutExpired:
+        pytest.fail("the run blocked on the conversions log")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(store.sif(ID_A))
+    assert outside.read_text() == "canary\n"
+    assert not log.is_symlink()
+    if damage != "directory":  # replaced by a real log holding the conversion
+        assert log.is_file() and ID_A in log.read_text()

@@ -3,6 +3,7 @@ core.proc: children that die with venvoy; and no debris from racing commands."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -271,13 +272,15 @@ def test_remove_racing_init_force_leaves_no_orphan_image(tmp_path: Path, monkeyp
         except Exception as exc:  # reported below
             result["error"] = exc
 
-    def fake_build(*_args: object, **_kw: object) -> tuple[str, int]:
+    def fake_build(*args: object, **_kw: object) -> object:
         thread = threading.Thread(target=remove, name="remove")
         result["thread"] = thread
         thread.start()
         assert remove_waiting.wait(30), "remove never reached the environment's lock"
         fake_image(new_id)  # the build publishes its image while remove waits
-        return new_id, 0
+        publish = args[-1]
+        assert callable(publish)
+        return publish(new_id, 0)
 
     monkeypatch.setattr(environment, "_build", fake_build)
     environment.init("e", force=True, offline=True, requirements_text="", store=store)
@@ -288,6 +291,159 @@ def test_remove_racing_init_force_leaves_no_orphan_image(tmp_path: Path, monkeyp
     assert not store.env_dir("e").exists()
     leftovers = [p.name for p in store.image_archive(new_id).parent.iterdir()]
     assert leftovers == [], f"orphan images: {leftovers}"
+
+
+def _record(image_id: str, name: str) -> object:
+    from venvoy.store import records
+
+    return records.EnvRecord(
+        name=name, python="3.11", requirements="", base=None, base_source="test",
+        base_image_id="sha256:" + "c" * 64, glibc="2.36", arch="x86_64", identity="1" * 64,
+        image_id=image_id, lock_hash=records.lock_hash(LOCK), inputs="0" * 64,
+        built_with="docker", packages=0, created="2026-01-01T00:00:00Z", venvoy_version="0",
+        recipe="1")
+
+
+LOCK = 'lock-version = "1.0"\ncreated-by = "test"\n'
+SHARED_ID = "sha256:" + "d" * 64
+
+
+class RemoveWatcher:
+    """Runs ``remove(NAME)`` in a thread and tells when it is waiting for an image's
+    lock, or has finished: whichever comes first (no sleep, no timing)."""
+
+    def __init__(self, monkeypatch, name: str) -> None:
+        from venvoy.store import records
+        from venvoy.store.layout import Store
+
+        self.reached = threading.Event()
+        self.result: dict[str, object] = {}
+        real_lock = Store.lock
+        reached = self.reached
+
+        def watched_lock(store: Store, key: str, timeout: float = 600) -> object:
+            if threading.current_thread().name == "remove" and key.startswith("image-"):
+                reached.set()
+            return real_lock(store, key, timeout)
+
+        monkeypatch.setattr(Store, "lock", watched_lock)
+
+        def remove() -> None:
+            try:
+                records.remove(name, Store())
+            except Exception as exc:  # reported by check()
+                self.result["error"] = exc
+            finally:
+                reached.set()
+
+        self.thread = threading.Thread(target=remove, name="remove")
+
+    def start_and_wait(self) -> None:
+        self.thread.start()
+        assert self.reached.wait(60), "remove neither waited for the image nor finished"
+
+    def check(self) -> None:
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        assert "error" not in self.result, self.result.get("error")
+
+
+def test_remove_of_another_name_keeps_an_image_init_is_publishing(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """``init a`` publishes image X while ``remove b`` (also X) runs: before, remove
+    deleted X between its rename and a's record, leaving a without its image."""
+    from venvoy.build import environment
+    from venvoy.store import records
+    from venvoy.store.layout import Store
+
+    store = Store()
+    atomic_write(store.image_archive(SHARED_ID), b"fake image")
+    records.write_env(store, _record(SHARED_ID, "b"), LOCK)  # type: ignore[arg-type]
+    built = tmp_path / "image.tar"
+    built.write_bytes(b"fake image")
+    watcher = RemoveWatcher(monkeypatch, "b")
+
+    def write_record() -> records.Environment:
+        watcher.start_and_wait()  # the archive is in place; a's record is not yet
+        return records.write_env(store, _record(SHARED_ID, "a"), LOCK)  # type: ignore[arg-type]
+
+    with store.lock("env-a"):
+        env = environment.publish_image(store, built, SHARED_ID, write_record)
+    watcher.check()
+    assert not store.env_dir("b").exists()
+    assert env.archive.is_file(), "remove b deleted the image a was publishing"
+    assert records.get("a", store).archive.read_bytes() == b"fake image"
+
+
+def test_remove_of_another_name_keeps_an_image_import_is_publishing(tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """The same race with ``venvoy import`` publishing the image."""
+    from venvoy.store import records
+    from venvoy.store.layout import Store
+    from venvoy.transport import archive
+
+    store = Store()
+    atomic_write(store.image_archive(SHARED_ID), b"fake image")
+    records.write_env(store, _record(SHARED_ID, "b"), LOCK)  # type: ignore[arg-type]
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "image.tar").write_bytes(b"fake image")
+    # b's image is there already: import places nothing, but a's record must still
+    # be written before remove b looks whether the image is in use.
+    watcher = RemoveWatcher(monkeypatch, "b")
+    real_write = archive.write_env
+
+    def write_env(*args: object, **kw: object) -> object:
+        watcher.start_and_wait()
+        return real_write(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(archive, "write_env", write_env)
+    env = archive._publish(store, work, _record(SHARED_ID, "a"), LOCK, False, False, lambda _m: None)
+    watcher.check()
+    assert not store.env_dir("b").exists()
+    assert env.archive.is_file(), "remove b deleted the image a was importing"
+
+
+def test_init_force_over_a_damaged_record_drops_its_unused_image(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """``init --force`` replaces a damaged record: the image it named goes too (unless
+    another environment uses it); before, it stayed behind, an orphan."""
+    from venvoy.build import bases, environment, lock
+    from venvoy.runtime import detect
+    from venvoy.store import records
+    from venvoy.store.layout import Store
+
+    store = Store()
+    old_id, kept_id, new_id = ("sha256:" + c * 64 for c in "aef")
+    for image_id in (old_id, kept_id):
+        atomic_write(store.image_archive(image_id), b"fake image")
+    records.write_env(store, _record(kept_id, "other"), LOCK)  # type: ignore[arg-type]
+    records.write_env(store, _record(old_id, "e"), LOCK)  # type: ignore[arg-type]
+    # damaged, but still naming its image (and, through a hand edit, the other one)
+    (store.env_dir("e") / "env.json").write_text(json.dumps({"image_id": old_id, "name": 1}))
+    (store.env_dir("e") / "image").write_text(f"{kept_id} {'1' * 64}\n")
+    base = type("Base", (), {"image_id": "sha256:" + "c" * 64, "source": "test",
+                             "glibc": "2.36", "archive": tmp_path / "base.tar"})()
+    monkeypatch.setattr(bases, "resolve_base", lambda *a, **k: base)
+    monkeypatch.setattr(detect, "choose_runtime",
+                        lambda *a, **k: type("C", (), {"runtime": type("R", (), {"name": "docker"})()}))
+    monkeypatch.setattr(lock, "resolve", lambda *a, **k: LOCK)
+
+    def fake_build(*args: object, **_kw: object) -> object:
+        built = tmp_path / "new.tar"
+        built.write_bytes(b"new image")
+        publish = args[-1]
+        assert callable(publish)
+        return environment.publish_image(store, built, new_id, lambda: publish(new_id, 0))
+
+    monkeypatch.setattr(environment, "_build", fake_build)
+    with pytest.raises(Exception, match="damaged"):
+        environment.init("e", offline=True, requirements_text="", store=store)
+    assert store.image_archive(old_id).is_file()  # without --force nothing changes
+    env, built = environment.init("e", force=True, offline=True, requirements_text="", store=store)
+    assert built and env.image_id == new_id and env.archive.read_bytes() == b"new image"
+    assert not store.image_archive(old_id).exists(), "the damaged record's image is an orphan"
+    assert store.image_archive(kept_id).is_file()  # "other" still uses it
 
 
 def test_fs_module_exports_what_callers_use() -> None:

@@ -540,3 +540,105 @@ def test_unpacked_size_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         unpack_image(docker_archive(tmp_path / "i.tar", layers), tmp_path / "img")
     assert "VENVOY_ARCHIVE_MAX_BYTES" in str(info.value)
     assert not (tmp_path / "img").exists()
+
+
+# -- one bounded tar reader for every layer -------------------------------------------
+
+
+def test_layers_are_read_by_the_one_bounded_reader(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unpacking (and looking into layers) reads the archive and its layers with
+    tarsafe.TarReader, not tarfile."""
+    from venvoy.image import oci, tarsafe
+
+    seen: list[str] = []
+    real_next = tarsafe.TarReader.next
+
+    def counting(self: tarsafe.TarReader) -> tarsafe.TarEntry | None:
+        entry = real_next(self)
+        if entry is not None:
+            seen.append(entry.name)
+        return entry
+
+    monkeypatch.setattr(tarsafe.TarReader, "next", counting)
+    archive = docker_archive(tmp_path / "i.tar", [layer_tar([("file", "etc/a", "1")])])
+    unpack_image(archive, tmp_path / "img")
+    assert "etc/a" in seen and "manifest.json" in seen  # the layers and the archive itself
+    seen.clear()
+    with oci.open_layers(archive) as layers:
+        assert [[e.name for e in layer] for layer in layers] == [["etc/a"]]
+    assert "etc/a" in seen and "manifest.json" in seen
+
+
+def raw_header(name: str, kind: bytes, size: int, extra: dict[int, bytes] | None = None) -> bytes:
+    """One ustar/GNU header block, by hand (tarfile cannot write old GNU sparse headers)."""
+    block = bytearray(512)
+    block[0:len(name)] = name.encode()
+    block[100:108] = b"0000644\0"
+    for at in (108, 116):
+        block[at:at + 8] = b"0000000\0"
+    block[124:136] = f"{size:011o}\0".encode()
+    block[136:148] = b"00000000000\0"
+    block[156:157] = kind
+    block[257:265] = b"ustar  \0"
+    for at, data in (extra or {}).items():
+        block[at:at + len(data)] = data
+    block[148:156] = b" " * 8
+    block[148:156] = f"{sum(block):06o}\0 ".encode()
+    return bytes(block)
+
+
+def test_old_gnu_sparse_member(tmp_path: Path) -> None:
+    data = b"DATA"
+    head = raw_header("s", b"S", len(data), {386: b"%011o\0%011o\0" % (8192, len(data)),
+                                             483: b"%011o\0" % (1 << 20)})
+    layer = head + data.ljust(512, b"\0") + bytes(1024)
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [layer]), dest)
+    assert (dest / "s").stat().st_size == 1 << 20
+    with open(dest / "s", "rb") as fh:
+        fh.seek(8190)
+        assert fh.read(8) == b"\0\0DATA\0\0"
+
+
+def test_pax_sparse_01_member_and_pax_attributes(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("GNUSparseFile.0/s")
+        info.pax_headers = {"GNU.sparse.major": "0", "GNU.sparse.minor": "1",
+                            "GNU.sparse.name": "s", "GNU.sparse.size": "8192",
+                            "GNU.sparse.map": "4096,4", "mtime": "1234567890.5"}
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b"DATA"))
+        big = tarfile.TarInfo("owned")
+        big.uid = big.gid = 1 << 22  # more than 7 octal digits hold: a pax record
+        big.mode = 0o4777  # set-id and group/other write dropped
+        tar.addfile(big, io.BytesIO(b""))
+    dest = tmp_path / "img"
+    unpack_image(docker_archive(tmp_path / "i.tar", [buf.getvalue()]), dest)
+    st = (dest / "s").stat()
+    assert st.st_size == 8192 and st.st_mtime == 1234567890.5
+    assert (dest / "s").read_bytes()[4096:4100] == b"DATA"
+    owned = (dest / "owned").stat()
+    assert owned.st_mode & 0o7777 == 0o755
+    if os.geteuid() == 0:
+        assert (owned.st_uid, owned.st_gid) == (1 << 22, 1 << 22)
+
+
+@pytest.mark.parametrize("kind", ["gzip", "bzip2", "xz", "zstd", "none"])
+def test_every_layer_compression_is_read_in_one_place(tmp_path: Path, kind: str) -> None:
+    import bz2
+    import gzip
+    import lzma
+
+    import zstandard
+
+    from venvoy.image import compress
+
+    raw = layer_tar([("file", "etc/a", "1")])
+    packed = {"gzip": gzip.compress, "bzip2": bz2.compress, "xz": lzma.compress,
+              "zstd": zstandard.ZstdCompressor().compress, "none": bytes}[kind](raw)
+    assert compress.kind_of(packed[:compress.HEAD]) == kind
+    assert compress.decompressed(io.BytesIO(packed)).read() == raw
+    unpack_image(docker_archive(tmp_path / "i.tar", [packed]), tmp_path / "img")
+    assert (tmp_path / "img" / "etc" / "a").read_text() == "1"

@@ -529,11 +529,6 @@ def apptainer_tmpdir(environ: Mapping[str, str]) -> tuple[str, str]:
 
 # -- GPU ----------------------------------------------------------------------------
 
-#: Host variables that say which GPUs a job may use (see runtime.request).
-GPU_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES",
-                 "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL")
-
-
 def gpu_devices(host: Host) -> tuple[list[str], bool]:
     """(NVIDIA device files, whether AMD's /dev/kfd is there)."""
     try:
@@ -568,8 +563,9 @@ def check_gpu(host: Host, environ: Mapping[str, str], adapters: list[Any]) -> li
                          f"amdgpu {version.strip()}" if version else
                          ("amdgpu loaded" if loaded else "no amdgpu module in /sys/module"),
                          "" if loaded else "check `rocminfo`"))
-    set_vars = [f"{v}={environ[v]}" for v in GPU_VARIABLES if v in environ]
-    set_vars += sorted(f"{k}={v}" for k, v in environ.items() if k.startswith("SLURM_") and "GPU" in k)
+    from venvoy.runtime.request import gpu_env
+
+    set_vars = [f"{k}={v}" for k, v in gpu_env(environ)]  # what venvoy passes into containers
     if set_vars:
         out.append(Check("gpu", "allocation", OK,
                          ", ".join(set_vars) + ": passed into the container; Docker and Podman get "

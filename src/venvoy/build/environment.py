@@ -39,16 +39,24 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from venvoy.core.version import __version__
 from venvoy.build.requirements import read_requirements
-from venvoy.core.platform import check_python
 from venvoy.core.errors import DamagedError, VenvoyError
 from venvoy.core.fs import TMP_PREFIX, clean_stale, new_path, temp_name
 from venvoy.core.names import check_name
+from venvoy.core.platform import check_python
 from venvoy.core.proc import preexec
+from venvoy.core.version import __version__
 from venvoy.image.labels import META_PATH, VENV_PATH, image_labels
 from venvoy.store.layout import Store, digest_hex
-from venvoy.store.records import Environment, EnvRecord, drop_image_if_unused, find, write_env
+from venvoy.store.records import (
+    Environment,
+    EnvRecord,
+    drop_image_if_unused,
+    find,
+    image_lock,
+    named_images,
+    write_env,
+)
 
 #: Names in the store's tmp/ that venvoy versions before owner-tagged names
 #: left (build dirs, imports, Apptainer's build-temp-*): removed when old.
@@ -115,12 +123,14 @@ def init(name: str, *, python: str = "3.11", requirements: Iterable[str | os.Pat
     inputs = _sha256(RECIPE_VERSION, python, req_text, base or "", lock_text or "")
     clean_debris(store)
     with store.lock(f"env-{name}"):
+        damaged: dict[str, str | None] = {}
         try:
             previous = find(store, name)
         except DamagedError:
             if not force:
                 raise
-            previous = None  # --force replaces a damaged record
+            previous = None  # --force replaces a damaged record,
+            damaged = named_images(store, name)  # and drops the images it named, if unused
         if (previous is not None and not force and not upgrade
                 and previous.record.inputs == inputs and previous.archive.is_file()):
             return previous, False  # nothing changed: no network, no runtime
@@ -143,18 +153,23 @@ def init(name: str, *, python: str = "3.11", requirements: Iterable[str | os.Pat
                 and previous.archive.is_file()):
             return write_env(store, replace(previous.record, inputs=inputs,
                                             requirements=req_text), lock_text), False
-        image_id, packages = _build(store, rt, name, python, base_img, lock_text, lhash, identity,
-                                    say, download_progress, wheel_dirs)
-        record = EnvRecord(
-            name=name, python=python, requirements=req_text, base=base,
-            base_source=base_img.source, base_image_id=base_img.image_id,
-            glibc=base_img.glibc, arch=host_arch(), identity=identity, image_id=image_id,
-            lock_hash=lhash, inputs=inputs, built_with=rt.name, packages=packages,
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            venvoy_version=__version__, recipe=RECIPE_VERSION)
-        env = write_env(store, record, lock_text)
-        if previous is not None and previous.image_id != image_id:
-            drop_image_if_unused(store, previous.image_id)
+        built_lock: str = lock_text
+
+        def publish(image_id: str, packages: int) -> Environment:
+            record = EnvRecord(
+                name=name, python=python, requirements=req_text, base=base,
+                base_source=base_img.source, base_image_id=base_img.image_id,
+                glibc=base_img.glibc, arch=host_arch(), identity=identity, image_id=image_id,
+                lock_hash=lhash, inputs=inputs, built_with=rt.name, packages=packages,
+                created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                venvoy_version=__version__, recipe=RECIPE_VERSION)
+            return write_env(store, record, built_lock)
+
+        env = _build(store, rt, name, python, base_img, lock_text, lhash, identity,
+                     say, download_progress, wheel_dirs, publish)
+        old = set(damaged) | ({previous.image_id} if previous is not None else set())
+        for old_id in sorted(old - {env.image_id}):
+            drop_image_if_unused(store, old_id)
         return env, True
 
 
@@ -174,7 +189,10 @@ def clean_debris(store: Store) -> int:
 def _build(store: Store, rt: Any, name: str, python: str, base_img: Any, lock_text: str,
            lhash: str, identity: str, say: Callable[[str], None],
            download_progress: Callable[[str, int, int], None] | None,
-           wheel_dirs: Sequence[Path] = ()) -> tuple[str, int]:
+           wheel_dirs: Sequence[Path],
+           publish: Callable[[str, int], Environment]) -> Environment:
+    """Build the image, then publish it: the archive, then ``publish(image_id, packages)``
+    (which writes the record), both under the image's lock (see records.image_lock)."""
     from venvoy.build.lock import files_to_fetch, parse, requirements_txt, uv_binary
     from venvoy.build.wheels import WheelCache
     from venvoy.image.oci import add_files_layer, assemble, inspect_archive, layer_from_dir
@@ -249,11 +267,21 @@ def _build(store: Store, rt: Any, name: str, python: str, base_img: Any, lock_te
                                 base_digest=base_img.image_id, created=created,
                                 version=__version__),
             repo_tag=f"localhost/venvoy/{name}:{identity[:12]}", created=created)
-        with new_path(store.image_archive(info.image_id), mode=0o644) as tmp:
-            shutil.move(out, tmp)  # a rename, or a copy when VENVOY_TMPDIR is elsewhere
-        return info.image_id, len(packages)
+        return publish_image(store, out, info.image_id,
+                             lambda: publish(info.image_id, len(packages)))
     finally:
         shutil.rmtree(build, ignore_errors=True)
+
+
+def publish_image(store: Store, archive: Path, image_id: str,
+                  write_record: Callable[[], Environment]) -> Environment:
+    """Move the built ``archive`` to the store as ``image_id``'s, then ``write_record()``:
+    both under the image's lock, so a ``remove`` of another environment of the same
+    image cannot delete it before the record naming it exists (see records.image_lock)."""
+    with image_lock(store, image_id):
+        with new_path(store.image_archive(image_id), mode=0o644) as tmp:
+            shutil.move(archive, tmp)  # a rename, or a copy when VENVOY_TMPDIR is elsewhere
+        return write_record()
 
 
 def seed_wheel_cache(cache: Any, files: Sequence[Any], dirs: Sequence[Path]) -> int:

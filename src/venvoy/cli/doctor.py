@@ -11,7 +11,7 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from typing import TextIO
+    from typing import Any, TextIO
 
     from venvoy.api.doctor import Report
 
@@ -48,7 +48,7 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: argparse._SubParsersAction[Any]) -> None:
     """Add ``doctor`` to the CLI's sub-commands."""
     p = sub.add_parser("doctor", help="check what works on this machine (runtimes, FUSE, GPU, "
                                       "Slurm) and say what to do about what does not")

@@ -238,6 +238,10 @@ def build_parser(command_after_dashes: bool = False) -> argparse.ArgumentParser:
     load.add_argument("--dest", help="directory for runtimes that keep images as files "
                       "(SIF, Charliecloud); default: venvoy's cache")
     add_runtime_option(load)
+
+    from venvoy.cli.doctor import add_parser as add_doctor
+
+    add_doctor(sub)
     return parser
 
 
@@ -553,6 +557,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             cmd_run(args, run_command(args, command))
         if args.command == "runtime-info":
             return cmd_runtime_info(args)
+        if args.command == "doctor":
+            from venvoy.cli.doctor import cmd_doctor
+
+            return cmd_doctor(args)
         handlers = {"load": cmd_load, "init": cmd_init, "list": cmd_list, "remove": cmd_remove,
                     "lock": cmd_lock, "verify": cmd_verify, "export": cmd_export,
                     "import": cmd_import}

@@ -19,25 +19,24 @@ on the fly when they are gzip, bzip2 or xz), never held in memory.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import hashlib
 import io
 import json
-import lzma
 import os
 import stat
 import tarfile
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 
 from venvoy.core.errors import VenvoyError
-from venvoy.image.compress import decompressed, stream_errors
-from venvoy.image.tarsafe import TarReader
+from venvoy.image.compress import HEAD, decompressed, kind_of, stream_errors
+from venvoy.image.tarsafe import TarEntry, TarReader
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_ENV = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8"}
@@ -250,24 +249,126 @@ def add_files_layer(files: dict[str, bytes], out: Path) -> str:
 # inspect, the Charliecloud unpacker) finds the same image in an archive, by the
 # same platform rule (see :func:`pick_platform`).
 
-#: The most a tar's metadata member (a pax header, a GNU long name) may hold.
-#: Real ones are a few hundred bytes; a hostile one could claim gigabytes.
-MAX_TAR_HEADER = 1 << 20
-_META_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
-               tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+#: Members an image archive (or a root file system tar given as a base) may hold.
+MAX_ARCHIVE_MEMBERS = 2_000_000
+_HINT = "the archive is damaged or hostile; save the image again"
 
 
-class BoundedTarInfo(tarfile.TarInfo):
-    """A TarInfo that refuses metadata members bigger than :data:`MAX_TAR_HEADER`
-    before tarfile reads them into memory (pass it as ``tarfile.open(tarinfo=...)``)."""
+class _Window:
+    """One member's data inside a seekable stream: a small read-only, seekable file."""
 
-    def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        if self.type in _META_TYPES and self.size > MAX_TAR_HEADER:
-            raise VenvoyError(f"tar member header of {self.size} bytes is larger than the "
-                              f"limit of {MAX_TAR_HEADER} bytes",
-                              "the archive is damaged or hostile; save the image again")
-        proc: Callable[[tarfile.TarFile], tarfile.TarInfo] = super()._proc_member  # type: ignore[misc]
-        return proc(tarfile_)
+    def __init__(self, stream: IO[bytes], start: int, size: int) -> None:
+        self.stream, self.start, self.size, self.pos = stream, start, size, 0
+
+    def read(self, size: int = -1) -> bytes:
+        left = self.size - self.pos
+        size = left if size < 0 or size > left else size
+        if size <= 0:
+            return b""
+        self.stream.seek(self.start + self.pos)
+        data = self.stream.read(size)
+        self.pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.size}[whence]
+        self.pos = max(0, min(self.size, base + offset))
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> _Window:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
+class ArchiveIndex:
+    """An image archive (or any tar given as a base), indexed once by the one bounded
+    tar reader (:class:`venvoy.image.tarsafe.TarReader`): its members' headers are
+    read, their data passed over by seeking, and read later in any order.
+
+    What ``tarfile`` offers callers, no more: iterate it for the entries,
+    ``getnames()``, ``extractfile(name or entry)``, ``name``. Plain, gzip, bzip2
+    and xz files are read (seeking backwards in a compressed one decompresses
+    it again from its start, as tarfile does); a zstd one must be decompressed
+    first. Members are found by name without a leading ``./`` or ``/``; the last
+    of a name wins, as in tarfile.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.name = os.fspath(path)
+        where = f"image archive {path}"
+        try:
+            self.fh: IO[bytes] = open(path, "rb")  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise VenvoyError(f"cannot read {where}: {exc.strerror or exc}") from None
+        try:
+            kind = kind_of(self.fh.read(HEAD))
+            self.fh.seek(0)
+            if kind == "unknown":
+                raise VenvoyError(f"cannot read {where}: not a tar archive, or a damaged one",
+                                  "create one with `docker save` or `podman save`")
+            if kind == "zstd":
+                raise VenvoyError(f"{where} is a zstd-compressed tar, which cannot be read in "
+                                  "place", "decompress it first (`unzstd FILE`)")
+            self.stream = decompressed(self.fh)
+            self.entries: list[TarEntry] = []
+            self._where: dict[str, tuple[TarEntry, int]] = {}
+            reader = TarReader(self.stream.read, where, decompress_errors(), _HINT)
+            try:
+                while (entry := reader.next()) is not None:
+                    if len(self.entries) >= MAX_ARCHIVE_MEMBERS:
+                        raise VenvoyError(f"{where} has more than {MAX_ARCHIVE_MEMBERS} members",
+                                          _HINT)
+                    self.entries.append(entry)
+                    self._where[_norm_member(entry.name)] = (entry, reader.offset)
+                    reader.skip(self.stream.seek)
+            except decompress_errors() as exc:
+                why = " ".join(str(exc).split())[:160]
+                raise VenvoyError(f"cannot read {where}: {why}", _HINT) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def __iter__(self) -> Iterator[TarEntry]:
+        return iter(self.entries)
+
+    def getnames(self) -> list[str]:
+        return [entry.name for entry in self.entries]
+
+    def extractfile(self, member: str | TarEntry) -> _Window | None:
+        """The data of a regular member, by name or entry; None for another kind;
+        KeyError when there is no such member (tarfile's answers)."""
+        name = member if isinstance(member, str) else member.name
+        entry, offset = self._where[_norm_member(name)]
+        if not entry.isfile() or entry.sparse is not None:
+            return None
+        return _Window(self.stream, offset, entry.size)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            stream = getattr(self, "stream", None)
+            if stream is not None and stream is not self.fh:
+                stream.close()
+        self.fh.close()
+
+    def __enter__(self) -> ArchiveIndex:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
@@ -286,7 +387,7 @@ class ImageSource:
         return [e for e in env if isinstance(e, str)] if isinstance(env, list) else []
 
 
-def _member_bytes(tar: tarfile.TarFile, name: str) -> bytes:
+def _member_bytes(tar: ArchiveIndex, name: str) -> bytes:
     try:
         fh = tar.extractfile(_norm_member(name))
     except KeyError:
@@ -306,7 +407,7 @@ def _member_bytes(tar: tarfile.TarFile, name: str) -> bytes:
 MAX_JSON = 16 << 20
 
 
-def _json(tar: tarfile.TarFile, name: str) -> Any:
+def _json(tar: ArchiveIndex, name: str) -> Any:
     try:
         return json.loads(_member_bytes(tar, name))
     except (ValueError, RecursionError):
@@ -360,7 +461,7 @@ def _descriptors(manifests: Any, where: str) -> list[tuple[Any, dict[str, Any]]]
     return list(seen.values())
 
 
-def _read_source(tar: tarfile.TarFile, path: Path) -> ImageSource:
+def _read_source(tar: ArchiveIndex, path: Path) -> ImageSource:
     names = {_norm_member(n) for n in tar.getnames()}
     if "manifest.json" in names:  # docker-archive (docker save, podman save)
         manifest = _json(tar, "manifest.json")
@@ -424,7 +525,7 @@ def _read_source(tar: tarfile.TarFile, path: Path) -> ImageSource:
     return ImageSource(ImageInfo(str(image_id), diff_ids, config, tags), layers, raw)
 
 
-def read_source(tar: tarfile.TarFile, path: Path) -> ImageSource:
+def read_source(tar: ArchiveIndex, path: Path) -> ImageSource:
     """The image in an open Docker or OCI archive that this host runs (one clear
     error for a malformed archive, or one without an image for this platform)."""
     try:
@@ -441,16 +542,9 @@ def _expected(source: ImageSource) -> list[str | None]:
     return [None] * len(source.layers)
 
 
-def open_archive(path: Path) -> tarfile.TarFile:
-    """An image archive opened for reading, with tar headers bounded."""
-    try:
-        return tarfile.open(path, mode="r:*", tarinfo=BoundedTarInfo)
-    except tarfile.ReadError:
-        raise VenvoyError(f"cannot read image archive {path}: not a tar archive, or a damaged one",
-                          "create one with `docker save` or `podman save`") from None
-    except (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
-        why = " ".join(str(exc).split())
-        raise VenvoyError(f"cannot read image archive {path}: {why}") from None
+def open_archive(path: Path) -> ArchiveIndex:
+    """An image archive opened for reading by the one bounded tar reader."""
+    return ArchiveIndex(Path(path))
 
 
 
@@ -466,7 +560,7 @@ def decompress_errors() -> tuple[type[BaseException], ...]:
 
 
 @contextmanager
-def layer_stream(tar: tarfile.TarFile, name: str, where: Path) -> Iterator[IO[bytes]]:
+def layer_stream(tar: ArchiveIndex, name: str, where: Path) -> Iterator[IO[bytes]]:
     """The uncompressed bytes of the layer ``name`` of an open image archive."""
     try:
         fh = tar.extractfile(_norm_member(name))
@@ -475,7 +569,7 @@ def layer_stream(tar: tarfile.TarFile, name: str, where: Path) -> Iterator[IO[by
     if fh is None:
         raise VenvoyError(f"image archive {where}: layer {name} is missing",
                           "is it a complete `docker save` or OCI archive?")
-    with fh, decompressed(fh) as stream:
+    with fh, decompressed(cast(IO[bytes], fh)) as stream:
         yield stream
 
 
@@ -740,7 +834,7 @@ def rootfs_to_archive(rootfs_tar: Path, out: Path, *, env: dict[str, str] | None
     return _write_image(out, layer_sources(), make_config, repo_tag)
 
 
-__all__ = ["DEFAULT_ENV", "MAX_TAR_HEADER", "BoundedTarInfo", "ImageInfo", "ImageSource",
+__all__ = ["DEFAULT_ENV", "MAX_ARCHIVE_MEMBERS", "ArchiveIndex", "ImageInfo", "ImageSource",
            "add_files_layer", "assemble", "copy_as_docker_archive", "decompress_errors",
            "host_architecture", "inspect_archive", "layer_from_dir", "layer_reader", "layer_stream",
            "open_archive", "open_layers", "pick_platform", "read_source", "rfc3339",

@@ -125,10 +125,13 @@ class TarReader:
         self.previous = ""
         self.remaining = 0
         self.padding = 0
+        self.offset = 0  #: bytes consumed from ``read`` so far
 
     def _read(self, size: int) -> bytes:
         try:
-            return self._raw_read(size)
+            data = self._raw_read(size)
+            self.offset += len(data)
+            return data
         except EOFError:
             raise self.truncated() from None
         except self._errors as exc:
@@ -298,6 +301,13 @@ class TarReader:
         if entry is not self.current or not entry.isfile():
             return None
         return MemberData(self, entry)
+
+    def skip(self, seek: Callable[[int], object]) -> None:
+        """Pass over the rest of the current entry's data by seeking (a seekable stream)
+        instead of reading it; the next :meth:`next` then reads the following header."""
+        self.offset += self.remaining + self.padding
+        seek(self.offset)
+        self.remaining = self.padding = 0
 
     def read(self, size: int) -> bytes:
         """Up to ``size`` bytes of the current entry's data; b"" at its end."""

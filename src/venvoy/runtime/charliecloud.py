@@ -138,6 +138,13 @@ class Charliecloud(Runtime):
 
         dest_dir.mkdir(parents=True, exist_ok=True)
         dest = dest_dir / safe_file_name(ref)
+        # An image there is replaced; anything else (`--dest ~ --name data`) is
+        # the user's, never deleted to make room.
+        if os.path.lexists(dest) and not (not os.path.islink(dest)
+                                          and os.path.isdir(dest / "ch")
+                                          and not os.path.islink(dest / "ch")):
+            raise BadRequest(f"{dest} exists and is not a Charliecloud image: not replacing it",
+                             "choose another --name or --dest, or move it away first")
         try:
             unpack_image(archive, dest)
         except VenvoyError:

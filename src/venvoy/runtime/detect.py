@@ -90,7 +90,7 @@ def get_runtime(name: str, environ: Mapping[str, str] | None = None, *, check: b
 
 def requested_runtime(requested: str | None, env: Mapping[str, str]) -> tuple[str, str] | None:
     """The explicitly requested runtime and where the request came from."""
-    if requested:
+    if requested is not None:  # `--runtime ''` is a mistake, refused by get_runtime
         return requested, "--runtime"
     if env.get("VENVOY_RUNTIME"):
         return env["VENVOY_RUNTIME"], "VENVOY_RUNTIME"

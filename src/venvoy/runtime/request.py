@@ -152,6 +152,23 @@ def parse_env(items: Iterable[str]) -> list[tuple[str, str]]:
     return out
 
 
+#: Host variables that say which GPUs this job may use. Each is passed into
+#: every container when set on the host (Apptainer's --cleanenv and
+#: Charliecloud's --unset-env would drop it, and a job given GPU 3 would
+#: compute on GPU 0); "SLURM_*GPU*" stands for every Slurm variable with GPU
+#: in its name (SLURM_JOB_GPUS, SLURM_STEP_GPUS, SLURM_GPUS_ON_NODE, ...).
+GPU_ENV_PASS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
+                "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "SLURM_*GPU*")
+
+
+def gpu_env(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The :data:`GPU_ENV_PASS` variables set in ``environ``, in a stable order."""
+    pairs = [(name, environ[name]) for name in GPU_ENV_PASS if "*" not in name and name in environ]
+    pairs += sorted((k, v) for k, v in environ.items()
+                    if k.startswith("SLURM_") and "GPU" in k[6:] and valid_env_name(k))
+    return pairs
+
+
 def make_request(
     image: str,
     argv: Sequence[str],
@@ -171,7 +188,8 @@ def make_request(
       working directory, so relative paths mean the same inside and out;
     * the environment is clean except for ``env`` and the ``env_pass`` names
       copied from the host, plus ``PYTHONNOUSERSITE=1`` so packages in the
-      user's ``~/.local`` never leak into the container.
+      user's ``~/.local`` never leak into the container, and the host's GPU
+      allocation (:data:`GPU_ENV_PASS`), so a job given GPU 3 computes on GPU 3.
     """
     if not argv:
         raise BadRequest("no command given", "put the command after --, e.g. -- python3 x.py")
@@ -183,7 +201,7 @@ def make_request(
     if mount_cwd and not any(m.target == cwd for m in parsed_mounts):
         check_cwd(cwd)
         parsed_mounts.insert(0, Mount(cwd, cwd))
-    pairs: list[tuple[str, str]] = [("PYTHONNOUSERSITE", "1")]
+    pairs: list[tuple[str, str]] = [("PYTHONNOUSERSITE", "1"), *gpu_env(host_env)]
     for name in env_pass:
         if not valid_env_name(name):
             raise BadRequest(f"bad --env-pass {name!r}", "give a variable name such as OMP_NUM_THREADS")

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import time
 
 from venvoy.core.fs import atomic_write, sha256_file
@@ -139,6 +140,9 @@ def ensure_native(store: Store, runtime: Runtime, archive: Path, image_id: str, 
             result = runtime.load_archive(archive, hexid, store.sif(image_id).parent)
             record_sif(store, image_id)
         elif form is ImageForm.DIR:
+            damaged = store.ch_dir(image_id)
+            if os.path.lexists(damaged) and not os.path.isdir(damaged):
+                os.unlink(damaged)  # ours, not a directory: made again below
             result = runtime.load_archive(archive, hexid, store.ch_dir(image_id).parent)
         else:
             bound = bound_tag(tag, image_id)
@@ -173,6 +177,27 @@ def _log_conversion(store: Store, runtime: Runtime, image_id: str, seconds: floa
     """One line per conversion: how many happened is observable (and tested)."""
     log = store.conversions_log
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as fh:
-        fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {runtime.name} {image_id} "
-                 f"pid={os.getpid()} {seconds:.1f}s\n")
+    line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {runtime.name} {image_id} "
+            f"pid={os.getpid()} {seconds:.1f}s\n").encode()
+    # A note, in a store others may share: never through a link, never blocked
+    # on a FIFO; anything but a regular file there is replaced (a directory is
+    # left alone and the note skipped): the conversion itself has succeeded.
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    for _attempt in range(2):
+        try:
+            fd = os.open(log, flags, 0o644)
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    with contextlib.suppress(OSError):  # a full disk: the note is lost
+                        os.write(fd, line)
+                    return
+            finally:
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            if not stat.S_ISDIR(os.lstat(log).st_mode):
+                os.unlink(log)
+                continue
+        return

@@ -62,7 +62,7 @@ CH_DIR = "ch"
 LOADED_DIR = "loaded"
 LOAD_DEST_DIR = "load"
 CONVERSIONS_LOG = "conversions.log"
-#: Per environment: "<image id> <identity>", written with env.json, read by the fast path.
+#: Per environment: "<image id> <identity> <env.json size>", written with env.json, read by the fast path.
 IMAGE_FILE = "image"
 SIF_SUFFIX = ".sif"
 #: Beside each SIF venvoy made: "<sha256 hex> <size>\n".

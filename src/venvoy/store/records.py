@@ -484,12 +484,30 @@ def image_in_use(store: Store, image_id: str) -> bool:
     return any(image_id in named_images(store, name) for name in names(store))
 
 
+def image_lock(store: Store, image_id: str) -> contextlib.AbstractContextManager[None]:
+    """The lock of one image of the store, shared by every process using it.
+
+    Held by whoever publishes the image together with a record naming it
+    (init, import) from the image's rename to the record's, and by
+    :func:`drop_image_if_unused` from its check to its deletions: an image is
+    never deleted between being published and being named. Always taken
+    after the environment's lock (``env-NAME``), never the other way round,
+    and never two image locks at once: no deadlock.
+    """
+    return store.lock(f"image-{digest_hex(image_id)}")
+
+
 def drop_image_if_unused(store: Store, image_id: str) -> int:
     """Delete the canonical archive and cached forms of an image no env uses."""
     try:
         digest_hex(image_id)
     except VenvoyError:
         return 0  # a damaged record's id: it names no file of ours
+    with image_lock(store, image_id):
+        return _drop_unused(store, image_id)
+
+
+def _drop_unused(store: Store, image_id: str) -> int:
     if image_in_use(store, image_id):
         return 0
     freed = 0

@@ -36,8 +36,6 @@ import json
 import os
 import re
 import shutil
-import socket
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -45,6 +43,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from venvoy.core.errors import BadRequest, DamagedError, VenvoyError
+from venvoy.core.fs import clean_stale, temp_name
 from venvoy.core.names import check_name
 from venvoy.core.platform import host
 from venvoy.core.version import __version__
@@ -67,7 +66,9 @@ from venvoy.store.records import (
     drop_image_if_unused,
     find,
     image_in_use,
+    image_lock,
     lock_hash,
+    named_images,
     write_env,
 )
 
@@ -81,7 +82,6 @@ REQUIRED = ("env.json", "pylock.toml", "image.tar")
 SMALL = ("README.txt", "env.json", "pylock.toml")
 
 MAX_SMALL = 16 << 20  # README.txt, env.json, pylock.toml; JSON members of image.tar
-STALE_S = 24 * 3600  # temporaries of another host are removed after this long
 SUFFIXES = {"zstd": ".venvoy.tar.zst", "gzip": ".venvoy.tar.gz"}
 
 _ROOT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -104,49 +104,6 @@ def zstd_available() -> bool:
 
 
 # -- export --------------------------------------------------------------------------------
-
-def _host() -> str:
-    return "".join(c if c.isalnum() or c in "._" else "_" for c in socket.gethostname())[:64] or "host"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stale(tag: str, mtime: float) -> bool:
-    """Whether a temporary tagged ``HOST-PID-RANDOM`` belongs to no running venvoy:
-    its process is gone (same host), or it is older than a day (another host)."""
-    parts = tag.rsplit("-", 2)
-    if len(parts) == 3 and parts[1].isdigit() and parts[0] == _host():
-        return not _alive(int(parts[1]))
-    return time.time() - mtime > STALE_S
-
-
-def _clean_stale_parts(directory: Path, final_name: str) -> None:
-    prefix = f".{final_name}."
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(directory):
-            if entry.name.startswith(prefix) and entry.name.endswith(".part"):
-                tag = entry.name[len(prefix):-len(".part")]
-                with contextlib.suppress(OSError):
-                    if entry.is_file(follow_symlinks=False) and _stale(tag, entry.stat().st_mtime):
-                        os.unlink(entry.path)
-
-
-def _clean_stale_imports(tmp: Path) -> None:
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(tmp):
-            if entry.name.startswith("import-") and entry.is_dir(follow_symlinks=False):
-                with contextlib.suppress(OSError):
-                    if _stale(entry.name[len("import-"):], entry.stat().st_mtime):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-
 
 def _redacted(value: Any) -> Any:
     """The record with credentials in URLs (``https://user:token@host``) replaced by ``***``."""
@@ -296,8 +253,10 @@ def _sif_of(env: Environment, with_sif: bool, say: Callable[[str], None]) -> Pat
 def _write_atomically(final: Path, compression: str, root: str, manifest_bytes: bytes,
                       members: list[_Member]) -> None:
     """Stream the tar through the compressor into a temporary sibling, then rename it."""
-    _clean_stale_parts(final.parent, final.name)
-    tmp = final.with_name(f".{final.name}.{_host()}-{os.getpid()}-{os.urandom(4).hex()}.part")
+    # A killed export's temporary (owner-tagged, see venvoy.core.fs) is removed
+    # once its owner is gone; a running one's is left alone.
+    clean_stale(final.parent, prefixes=())
+    tmp = final.with_name(temp_name(f".{final.name[:80]}", ".part"))
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         with open(fd, "wb") as fh:
@@ -606,8 +565,11 @@ def import_archive(path: Path, *, store: Store, name: str | None = None, force: 
         raise VenvoyError(f"cannot read {path}: {exc.strerror}", "check the path") from None
     with fh:
         tmp_root = store.tmp
-        _clean_stale_imports(tmp_root)
-        work = Path(tempfile.mkdtemp(prefix=f"import-{_host()}-{os.getpid()}-", dir=tmp_root))
+        # What a killed import left (its owner is gone); "import-*" of older venvoys
+        # only in the store's own tmp (VENVOY_TMPDIR may be a shared /tmp).
+        clean_stale(tmp_root, prefixes=("import-",) if tmp_root == store.root / "tmp" else ())
+        work = tmp_root / temp_name("import")
+        work.mkdir(mode=0o700)
         try:
             manifest, target = _unpack(fh, path, work, store, name, force, limit, say)
             data, lock_text = _check_environment(manifest, work, str(path))
@@ -646,7 +608,7 @@ def _unpack(fh: IO[bytes], path: Path, work: Path, store: Store, name: str | Non
             if not isinstance(target, str):
                 raise VenvoyError(f"{where}: the environment record has no name", _DAMAGED)
             check_name(target)
-            existing = find(store, target)
+            existing, _damaged = _existing(store, target, force)
             if existing is not None and not force and not _same(existing, manifest):
                 raise _exists(target)
             tarsafe.check_space(sum(m.size for m in listing.values()), work, path.name)
@@ -667,6 +629,20 @@ def _same(existing: Environment, manifest: dict[str, Any]) -> bool:
             and existing.lock_hash == manifest["lock_sha256"] and existing.archive.is_file())
 
 
+def _existing(store: Store, name: str, force: bool) -> tuple[Environment | None, dict[str, str | None]]:
+    """The environment called ``name`` (or None), and, when its record is damaged and
+    ``force`` replaces it, the images that damaged directory still names."""
+    try:
+        return find(store, name), {}
+    except DamagedError as exc:
+        if not force:
+            raise DamagedError(f"an environment named {name!r} already exists and is damaged "
+                               f"({exc.message})",
+                               "import with --force to replace it, or with --name NEW to keep it"
+                               ) from None
+        return None, named_images(store, name)
+
+
 def _exists(name: str) -> VenvoyError:
     return VenvoyError(f"an environment named {name!r} already exists",
                        "import with --name NEW to keep both, or --force to replace it")
@@ -678,34 +654,38 @@ def _publish(store: Store, work: Path, record: EnvRecord, lock_text: str, force:
     name = record.name
     image_id = record.image_id
     with store.lock(f"env-{name}"):
-        previous = find(store, name)
+        previous, damaged = _existing(store, name, force)
         if previous is not None and not force:
             if previous.identity == record.identity and previous.image_id == image_id \
                     and previous.archive.is_file():
                 say(f"{name} is already here, identical")
                 return previous
             raise _exists(name)
-        placed: list[Path] = []
-        try:
-            image_dest = store.image_archive(image_id)
-            if not image_dest.is_file():
-                _place(store, work / "image.tar", image_dest)
-                placed.append(image_dest)
-            if has_sif:
-                # A SIF cannot be checked against the image it claims to be (its
-                # bytes are not derived reproducibly), and the cache shares it by
-                # image ID with every environment of that image: it is not kept.
-                # The first Apptainer run makes it from the verified image.tar.
-                say("image.sif is not used: the SIF is made from the verified image.tar "
-                    "on the first Apptainer run")
-            env = write_env(store, record, lock_text)
-        except BaseException:
-            for dest in placed:
-                if not image_in_use(store, image_id):
-                    dest.unlink(missing_ok=True)
-            raise
-        if previous is not None and previous.image_id != image_id:
-            drop_image_if_unused(store, previous.image_id)
+        if has_sif:
+            # A SIF cannot be checked against the image it claims to be (its
+            # bytes are not derived reproducibly), and the cache shares it by
+            # image ID with every environment of that image: it is not kept.
+            # The first Apptainer run makes it from the verified image.tar.
+            say("image.sif is not used: the SIF is made from the verified image.tar "
+                "on the first Apptainer run")
+        # The image and the record naming it are published under the image's lock:
+        # a `remove` of another environment of the same image waits, then keeps it.
+        with image_lock(store, image_id):
+            placed: list[Path] = []
+            try:
+                image_dest = store.image_archive(image_id)
+                if not image_dest.is_file():
+                    _place(store, work / "image.tar", image_dest)
+                    placed.append(image_dest)
+                env = write_env(store, record, lock_text)
+            except BaseException:
+                for dest in placed:
+                    if not image_in_use(store, image_id):
+                        dest.unlink(missing_ok=True)
+                raise
+        old = set(damaged) | ({previous.image_id} if previous is not None else set())
+        for old_id in sorted(old - {image_id}):
+            drop_image_if_unused(store, old_id)
         return env
 
 
