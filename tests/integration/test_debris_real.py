@@ -131,3 +131,30 @@ def test_kill_9_during_the_first_apptainer_conversion(venvoy: Venvoy) -> None:
     again = venvoy.run(target, args, cwd=dest, timeout=600)
     assert again.returncode == 0, again.stderr.decode()
     assert sorted(os.listdir(dest)) == ["debris.sif"], "debris of the killed build was left"
+
+
+@pytest.mark.parametrize("runtime", ["docker", "podman"])
+def test_a_build_container_a_killed_init_left_is_removed(venvoy: Venvoy, runtime: str) -> None:
+    """kill -9 of `venvoy init` between `docker run`'s create and start leaves a
+    container in the "Created" state (--rm never applies to it). Build containers
+    carry their owner in their name; the next init removes a dead owner's, never
+    a live one's."""
+    from venvoy.core.fs import container_name, owner_tag
+    from venvoy.runtime.detect import get_runtime
+
+    from .conftest import _load
+
+    image = _load(venvoy, Target(runtime, runtime, False))
+    host = owner_tag().rsplit("+", 2)[0]
+    dead = f"venvoy-build_{host}_999999_1_{os.urandom(4).hex()}"  # no such process
+    live = container_name("venvoy-build")  # this test's own process: alive
+    for name in (dead, live):
+        subprocess.run([runtime, "create", "--name", name, image, "true"], check=True,
+                       capture_output=True)
+    try:
+        removed = get_runtime(runtime).remove_stale_containers("venvoy-build")
+        names = subprocess.run([runtime, "ps", "-a", "--format", "{{.Names}}"], check=True,
+                               capture_output=True, text=True).stdout.split()
+        assert dead not in names and live in names and removed >= 1
+    finally:
+        subprocess.run([runtime, "rm", "-f", dead, live], capture_output=True)

@@ -668,3 +668,11 @@ def test_charliecloud_load_never_replaces_a_directory_that_is_not_an_image(
     (first / "stale").write_text("old\n")
     assert Path(ch.load_archive(archive, "img", dest)) == first
     assert not (first / "stale").exists() and (first / "bin" / "sh").is_file()
+
+
+@pytest.mark.parametrize("cls", [Docker, Podman])
+def test_a_named_request_names_its_container(tmp_path: Path, cls) -> None:
+    argv = cls("/usr/bin/x", HOST_ENV).run_argv(request(tmp_path, name="venvoy-build_h_1_2_ab"))
+    i = argv.index("--name")
+    assert argv[i + 1] == "venvoy-build_h_1_2_ab" and i < argv.index("python:3.11")
+    assert "--name" not in cls("/usr/bin/x", HOST_ENV).run_argv(request(tmp_path))

@@ -90,12 +90,13 @@ def test_missing_image_file_for_apptainer(cli_env, capsys, tmp_path: Path) -> No
 
 
 def test_run_without_command(cli_env, capsys) -> None:
-    assert main(["run", "--image", "img"]) == 125
+    """A usage mistake: exit 2 like every other one (125 is for "the container never ran")."""
+    assert main(["run", "--image", "img"]) == 2
     assert "no command given" in one_error_line(capsys)
 
 
 def test_run_with_empty_command_after_dashes(cli_env, capsys) -> None:
-    assert main(["run", "--image", "img", "--"]) == 125
+    assert main(["run", "--image", "img", "--"]) == 2
     assert "no command given" in one_error_line(capsys)
 
 

@@ -512,3 +512,33 @@ def test_a_shared_venvoy_tmpdir_loses_only_venvoys_own_names(tmp_path: Path, mon
     ours = make_entry(shared, f"build-e@{dead_owner()}+0badf00d")
     clean_debris(Store())
     assert all(p.exists() for p in theirs) and not ours.exists()
+
+
+def test_open_fresh_never_writes_through_a_planted_link(tmp_path: Path) -> None:
+    """A log venvoy (maybe as root) writes in the store: a symlink planted there is
+    replaced, and the file it pointed at is left exactly as it was."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    log = tmp_path / "store" / "bases" / "x.log"
+    log.parent.mkdir(parents=True)
+    log.symlink_to(victim)
+    with fs.open_fresh(log) as fh:
+        fh.write(b"log line\n")
+    assert victim.read_text() == "precious"
+    assert not log.is_symlink() and log.read_bytes() == b"log line\n"
+    os.mkfifo(tmp_path / "fifo")
+    with fs.open_fresh(tmp_path / "fifo") as fh:  # a FIFO would block an open(): replaced
+        fh.write(b"x")
+    assert (tmp_path / "fifo").read_bytes() == b"x"
+
+
+def test_container_names_carry_their_owner_in_dockers_alphabet() -> None:
+    import re
+
+    name = fs.container_name("venvoy-build")
+    assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name), name
+    assert fs.container_owner_alive(name) is True  # this process
+    host = fs.owner_tag().rsplit("+", 2)[0]
+    assert fs.container_owner_alive(f"venvoy-build_{host}_999999_1_0123abcd") is False
+    assert fs.container_owner_alive("venvoy-build_other-host_1_1_0123abcd") is None
+    assert fs.container_owner_alive("someone-elses-container") is None

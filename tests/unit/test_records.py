@@ -5,6 +5,7 @@ damaged records listed and removable without harming their neighbours."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -364,3 +365,36 @@ def test_fast_path_never_opens_a_fifo_or_a_link(store: Store, tmp_path: Path) ->
                          text=True, timeout=120, check=True)
     assert out.stdout.strip() == "None"
     assert env.record.image_id  # the environment itself is untouched
+
+
+def test_a_symlinked_environment_is_removed_as_a_link(store: Store, tmp_path: Path) -> None:
+    """`envs/evil -> somewhere` is listed as damaged; `remove evil` drops the link
+    itself and never touches what it points at."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "env.json").write_text("{}")
+    store.envs.mkdir(parents=True, exist_ok=True)
+    (store.envs / "evil").symlink_to(elsewhere)
+    assert any(row.get("name") == "evil" and "damaged" in row for row in records.list_envs(store))
+    assert records.remove("evil", store) == 0
+    assert not os.path.lexists(store.envs / "evil")
+    assert (elsewhere / "env.json").read_text() == "{}"
+    with pytest.raises(NotFound):
+        records.remove("evil", store)
+
+
+def test_fast_path_never_takes_a_linked_charliecloud_directory(store: Store, tmp_path: Path) -> None:
+    """cache/ch/<id> must be venvoy's own directory: a link to one elsewhere is not run."""
+    from venvoy.runtime import adapter_class
+    from venvoy.store.fastpath import cached_image
+
+    env = make(store, "e1", "11")
+    rt = adapter_class("charliecloud")("/x", {})
+    target = store.ch_dir(env.image_id)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "other-root").mkdir()
+    target.symlink_to(tmp_path / "other-root")
+    assert cached_image(str(store.root), rt, env.image_id, env.tag, {}) is None
+    target.unlink()
+    target.mkdir()
+    assert cached_image(str(store.root), rt, env.image_id, env.tag, {}) == str(target)

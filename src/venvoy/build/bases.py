@@ -43,7 +43,15 @@ from pathlib import Path
 from typing import Any
 
 from venvoy.core.errors import RuntimeFailed, VenvoyError
-from venvoy.core.fs import TMP_PREFIX, atomic_write, clean_stale, file_lock, sha256_file, temp_name
+from venvoy.core.fs import (
+    TMP_PREFIX,
+    atomic_write,
+    clean_stale,
+    file_lock,
+    open_fresh,
+    sha256_file,
+    temp_name,
+)
 from venvoy.core.platform import KNOWN_PYTHONS, check_python, host, is_python_version
 from venvoy.image.compress import HEAD, kind_of
 from venvoy.image.oci import (
@@ -306,7 +314,7 @@ def bootstrap(suite: str, bases: Path, *, progress: Progress | None = None) -> B
             "(about half a minute, once per store)")
         started = time.monotonic()
         try:
-            with open(log, "wb") as fh:
+            with open_fresh(log) as fh:  # never through a link planted in the store
                 proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT)
             if proc.returncode != 0:
                 raise VenvoyError(

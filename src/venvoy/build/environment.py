@@ -41,7 +41,7 @@ from typing import Any
 
 from venvoy.build.requirements import read_requirements
 from venvoy.core.errors import DamagedError, VenvoyError
-from venvoy.core.fs import TMP_PREFIX, clean_stale, new_path, temp_name
+from venvoy.core.fs import TMP_PREFIX, clean_stale, container_name, new_path, temp_name
 from venvoy.core.names import check_name
 from venvoy.core.platform import check_python
 from venvoy.core.proc import preexec
@@ -67,6 +67,8 @@ ANY_ID = "sha256:" + "0" * 64
 
 #: Bump when the way images are built changes: it is part of every identity.
 RECIPE_VERSION = "1"
+#: Name prefix of build containers (Docker, Podman).
+BUILD_CONTAINER = "venvoy-build"
 
 #: Runs inside the base image. Fixed text: every value arrives as an argument
 #: or a mounted file, never pasted into the script.
@@ -232,6 +234,10 @@ def _build(store: Store, rt: Any, name: str, python: str, base_img: Any, lock_te
                  "UV_PYTHON_DOWNLOADS": "never", "PIP_NO_CACHE_DIR": "1",
                  "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
             workdir="/", mount_cwd=False, tty=False, environ={})
+        # Named after its owner: a container a killed init left (never started, so
+        # --rm did not apply) is removed by the next init that finds it.
+        rt.remove_stale_containers(BUILD_CONTAINER)
+        req.name = container_name(BUILD_CONTAINER)
         log = build / "build.log"
         inv = rt.invocation(req)
         with open(log, "wb") as fh:  # the build container stops when venvoy dies
@@ -320,7 +326,8 @@ def _keep_log(store: Store, name: str, log: Path) -> Path:
     logs = store.root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     kept = logs / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-    shutil.copy(log, kept)
+    with open(log, "rb") as src, new_path(kept) as tmp, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst)  # renamed over whatever is there: no link is followed
     return kept
 
 

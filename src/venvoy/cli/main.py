@@ -331,7 +331,8 @@ def cmd_run(args: argparse.Namespace | RunArgs, command: list[str]) -> NoReturn:
     from venvoy.runtime.runner import exec_run
 
     if not command:
-        raise VenvoyError("no command given", "put it after --, e.g. venvoy run NAME -- python3 x.py")
+        raise VenvoyError("no command given", "put it after --, e.g. venvoy run NAME -- python3 x.py",
+                          exit_code=2)
     if (args.name is None) == (args.image is None):
         raise VenvoyError("give an environment NAME or --image IMAGE (one of them)",
                           "e.g. venvoy run my-env -- python3 x.py", exit_code=2)

@@ -22,6 +22,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+    from typing import IO
 
 #: Prefix of every temporary name venvoy makes next to a final one.
 TMP_PREFIX = ".tmp-"
@@ -77,6 +78,21 @@ def owner_tag() -> str:
 def temp_name(stem: str, suffix: str = "") -> str:
     """A fresh name ``STEM@OWNER+RANDOM[SUFFIX]`` that :func:`clean_stale` understands."""
     return f"{stem}@{owner_tag()}+{os.urandom(4).hex()}{suffix}"
+
+
+def container_name(stem: str) -> str:
+    """A container name that carries its owner like :func:`temp_name` does, in
+    the alphabet Docker and Podman accept (``[A-Za-z0-9][A-Za-z0-9_.-]*``)."""
+    return temp_name(stem).replace("@", "_").replace("+", "_")
+
+
+def container_owner_alive(name: str) -> bool | None:
+    """:func:`owner_alive` for a :func:`container_name`."""
+    parts = name.rsplit("_", 4)
+    if len(parts) != 5:
+        return None
+    stem, host, pid, start, rand = parts
+    return owner_alive(f"{stem}@{host}+{pid}+{start}+{rand}")
 
 
 def owner_alive(name: str) -> bool | None:
@@ -264,5 +280,21 @@ def clean_stale(directory: Path, *, older_than: float = STALE_S,
     return removed
 
 
-__all__ = ["STALE_S", "TMP_PREFIX", "atomic_write", "clean_stale", "file_lock", "new_path",
+__all__ = ["STALE_S", "TMP_PREFIX", "atomic_write", "clean_stale", "container_name",
+           "container_owner_alive", "file_lock", "new_path", "open_fresh",
            "owner_alive", "owner_tag", "remove_tree", "scratch_dir", "sha256_file", "temp_name"]
+
+
+def open_fresh(path: Path) -> IO[bytes]:
+    """Open ``path`` for writing as a new regular file of ours: whatever is there
+    (a symlink someone planted, a FIFO, an old file) is removed first, never
+    followed or written through."""
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.isdir(path) and not os.path.islink(path):
+            import shutil
+
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    return os.fdopen(fd, "wb")

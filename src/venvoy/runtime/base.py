@@ -153,6 +153,10 @@ class Runtime:
         """Remove ``ref`` from the runtime's own image store, if it has one (best effort)."""
         return None
 
+    def remove_stale_containers(self, prefix: str) -> int:
+        """Remove named containers a killed venvoy left (runtimes that keep containers)."""
+        return 0
+
     def load_archive(self, archive: Path, ref: str, dest_dir: Path) -> str:
         """Bring a Docker-archive tar into this runtime; return the image to run.
 

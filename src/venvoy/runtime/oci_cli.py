@@ -50,6 +50,8 @@ class OciCliRuntime(Runtime):
         # where /dev/net/tun is closed. --pull=never: a missing image is an
         # error now, not a hang on a registry that cannot be reached.
         argv = [self.path, "run", "--rm", "--init", "--network=host", "--pull=never", "-i"]
+        if req.name:
+            argv += ["--name", req.name]
         if req.tty:
             argv.append("-t")
         argv += self.user_args(req)
@@ -92,6 +94,24 @@ class OciCliRuntime(Runtime):
 
         subprocess.run([self.path, "rmi", ref], stdin=subprocess.DEVNULL, capture_output=True,
                        env=dict(self.environ))
+
+    def remove_stale_containers(self, prefix: str) -> int:
+        """Remove containers named ``prefix...`` (see core.fs.container_name) whose
+        venvoy was killed: one killed before its container started is left in
+        the "Created" state, which ``--rm`` never removes. Returns how many."""
+        import subprocess
+
+        from venvoy.core.fs import container_owner_alive
+
+        proc = subprocess.run([self.path, "ps", "-a", "--filter", f"name=^{prefix}_",
+                               "--format", "{{.Names}}"], stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, env=dict(self.environ))
+        stale = [n for n in proc.stdout.split() if n.startswith(f"{prefix}_")
+                 and container_owner_alive(n) is False]
+        if stale:
+            subprocess.run([self.path, "rm", "-f", *stale], stdin=subprocess.DEVNULL,
+                           capture_output=True, env=dict(self.environ))
+        return len(stale)
 
     # -- the image store: inspect, pull, save ----------------------------------------
     has_image_store: ClassVar[bool] = True

@@ -86,8 +86,8 @@ class Mount:
 class RunRequest:
     """Everything needed to run one command in one container, runtime-neutral."""
 
-    __slots__ = ("argv", "env", "gid", "gpu", "image", "interactive", "mounts", "tty", "uid",
-                 "workdir")
+    __slots__ = ("argv", "env", "gid", "gpu", "image", "interactive", "mounts", "name", "tty",
+                 "uid", "workdir")
 
     def __init__(
         self,
@@ -101,8 +101,12 @@ class RunRequest:
         gpu: str | None = None,
         uid: int | None = None,
         gid: int | None = None,
+        name: str | None = None,
     ) -> None:
         self.image = image
+        #: The container's name where the runtime names containers (Docker,
+        #: Podman): lets a later run find and remove one a killed venvoy left.
+        self.name = name
         self.argv = tuple(argv)
         self.mounts = tuple(mounts)
         self.env = tuple(env)

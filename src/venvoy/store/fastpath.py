@@ -116,6 +116,6 @@ def cached_image(root: str, runtime: Runtime, image_id: str, tag: str,
         return sif if sif_checked_cheaply(sif) else None
     if form is ImageForm.DIR:
         d = ch_dir(root, hexid)
-        return d if os.path.isdir(d) else None
+        return d if os.path.isdir(d) and not os.path.islink(d) else None
     marker = os.path.join(loaded_dir(root), runtime_marker(runtime, image_id, tag))
     return image_id if os.path.exists(marker) else None

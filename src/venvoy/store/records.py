@@ -535,7 +535,12 @@ def remove(name: str, store: Store | None = None) -> int:
     check_name(name)
     with store.lock(f"env-{name}"):
         directory = store.env_dir(name)
-        if not directory.is_dir() or directory.is_symlink():
+        if directory.is_symlink():
+            # Not a record venvoy wrote (list shows it as damaged): drop the link
+            # itself, never what it points at.
+            directory.unlink()
+            return 0
+        if not directory.is_dir():
             raise NotFound(f"no environment named {name!r}", "`venvoy list` shows what exists")
         try:
             record = read_record(store, name)
