@@ -273,3 +273,15 @@ def test_store_invisible_on_the_nodes_of_an_allocation(venvoy: Venvoy) -> None:
         assert "VENVOY_HOME" in line
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_doctor_creates_no_store(venvoy: Venvoy) -> None:
+    """The real runtimes' versions are probed (their cache lives in the store), yet a store
+    that does not exist yet is still absent afterwards, and every version is known."""
+    home = Path(tempfile.mkdtemp(prefix="doc-nostore-", dir=venvoy.root)) / "a" / "store"
+    argv, env = as_root(venvoy, ["doctor"], VENVOY_HOME=str(home))
+    proc = run(argv, env)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+    for name in ("docker", "podman", "apptainer", "charliecloud"):
+        assert "version unknown" not in check_line(proc, "ok", name)
+    assert not home.parent.exists()

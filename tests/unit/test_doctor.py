@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import json
 import os
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 from venvoy.api import doctor as dr
 from venvoy.api.doctor import FAIL, NA, OK, STATUSES, WARN, Check, Host, Report
 from venvoy.cli.doctor import add_parser, cmd_doctor, format_report
-from venvoy.core.errors import BadRequest
+from venvoy.core.errors import BadRequest, VenvoyError
 from venvoy.runtime.apptainer import Apptainer
 from venvoy.runtime.charliecloud import Charliecloud
 from venvoy.runtime.docker import Docker
@@ -347,6 +348,7 @@ def nvidia_host(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     ({"SLURM_STEP_GPUS": "5,6", "SLURM_JOB_GPUS": "4,5,6"}, ["5", "6"]),
     ({"CUDA_VISIBLE_DEVICES": "GPU-8e1f-22aa, MIG-1a2b"}, ["GPU-8e1f-22aa", "MIG-1a2b"]),
     ({"NVIDIA_VISIBLE_DEVICES": "0:1,2"}, ["0:1", "2"]),
+    ({"CUDA_VISIBLE_DEVICES": "0,0, 1,0"}, ["0", "1"]),
 ])
 def test_allocated_gpus(env: dict[str, str], want: list[str] | None) -> None:
     assert allocated_gpus(env) == want
@@ -406,7 +408,7 @@ def test_one_unusable_runtime_among_usable_ones_warns() -> None:
                              rootless=False, tested=True),
              SimpleNamespace(name="podman", path="/p", usable=True, problem=None,
                              rootless=True, tested=True)]
-    by_name = {c.name: c for c in dr.check_runtimes(found, {}, None)}
+    by_name = {c.name: c for c in dr.check_runtimes(found, {"podman": "4.3.1"}, None)}
     assert by_name["docker"].status == WARN and "no socket" in by_name["docker"].evidence
     assert by_name["podman"].status == OK
     assert {c.name: c for c in dr.check_runtimes(found, {}, "docker")}["docker"].status == FAIL
@@ -591,3 +593,133 @@ def test_explicit_env_overrides_the_allocation(tmp_path: Path, monkeypatch) -> N
 def test_gpu_probe_sees_the_host_allocation(fake_libcuda: Path) -> None:
     ok = dr.gpu_probe(ProbeRuntime(fake_libcuda), "img", {"CUDA_VISIBLE_DEVICES": "0,1"})
     assert "(CUDA_VISIBLE_DEVICES=0,1)" in ok.evidence
+
+
+def test_doctor_with_a_runtime_does_not_create_the_store(tmp_path: Path, fakebin) -> None:
+    """The runtime-versions cache lives in the store: probing versions must not create it."""
+    fakebin.add("apptainer", version="1.4.5")
+    env = {**fakebin.env(), "VENVOY_HOME": str(tmp_path / "a" / "b" / "store")}
+    report = dr.doctor(environ=env, host=fake_host(tmp_path), runtime="apptainer")
+    by_name = {c.name: c for c in report.checks}
+    assert "1.4.5" in by_name["apptainer"].evidence
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_gpu_named_twice_is_passed_once(tmp_path: Path, nvidia_host) -> None:
+    host = {"PATH": "/usr/bin", "CUDA_VISIBLE_DEVICES": "2,2"}
+    argv = Podman("/usr/bin/podman", host).invocation(gpu_request(tmp_path, host)).argv
+    assert [argv[i + 1] for i, a in enumerate(argv) if a == "--device"] == ["nvidia.com/gpu=2"]
+    assert "CUDA_VISIBLE_DEVICES=0" in argv  # the one GPU inside is 0 (2,2 would hide it)
+    argv = Docker("/usr/bin/docker", host).invocation(gpu_request(tmp_path, host)).argv
+    assert argv[argv.index("--gpus") + 1] == '"device=2"'
+
+
+def test_store_path_too_long_fails(tmp_path: Path) -> None:
+    """A name longer than the file system allows can never be created: not "ok, not created yet"."""
+    long_home = str(tmp_path / ("x" * 300))
+    assert dr.check_store(long_home, MOUNTINFO).status == FAIL
+    check = dr.check_tmp("temporary space", long_home + "/tmp", "the store", MOUNTINFO, "VENVOY_TMPDIR")
+    assert check.status == FAIL and "too long" in check.evidence and len(check.evidence) < 200
+
+
+def test_runtime_that_does_not_say_its_version_warns() -> None:
+    found = [SimpleNamespace(name="docker", path="/x/docker", rootless=False, usable=True,
+                             tested=True, problem="")]
+    (check,) = dr.check_runtimes(found, {"docker": None}, None)
+    assert check.status == WARN and "did not say its version" in check.evidence
+    (check,) = dr.check_runtimes(found, {"docker": "27.1"}, None)
+    assert check.status == OK
+
+
+@pytest.mark.parametrize("version", ["", "\n \n", "\x00\x00garbage\xff", "   "])
+def test_nvidia_driver_version_garbage_is_one_line(tmp_path: Path, version: str) -> None:
+    host = fake_host(tmp_path, devices=("nvidia0", "nvidiactl"))
+    (Path(host.proc) / "driver" / "nvidia" / "version").write_bytes(version.encode("latin-1"))
+    checks = {c.name: c for c in dr.check_gpu(host, {"PATH": ""}, [])}
+    driver = checks["NVIDIA driver"]
+    assert driver.status == (OK if version.strip() else FAIL)
+    assert "\n" not in driver.evidence
+
+
+@pytest.mark.parametrize("value", ["NoDevFiles", "a,b", "0\n1", "1;rm -rf /"])
+def test_allocation_that_gpu_nvidia_would_refuse_is_not_ok(tmp_path: Path, value: str) -> None:
+    host = fake_host(tmp_path, devices=("nvidia0", "nvidiactl"), nvidia_version="NVRM 550\n")
+    checks = {c.name: c for c in dr.check_gpu(host, {"PATH": "", "CUDA_VISIBLE_DEVICES": value}, [])}
+    assert checks["allocation"].status == WARN
+    assert "CUDA_VISIBLE_DEVICES" in checks["allocation"].evidence and checks["allocation"].action
+
+
+def test_allocation_evidence_is_cut(tmp_path: Path) -> None:
+    host = fake_host(tmp_path, devices=("nvidia0",), nvidia_version="NVRM 550\n")
+    env = {"PATH": "", "CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(400))}
+    checks = {c.name: c for c in dr.check_gpu(host, env, [])}
+    assert checks["allocation"].status == OK and len(checks["allocation"].evidence) < 400
+
+
+def test_allocation_garbage_message_is_short() -> None:
+    with pytest.raises(BadRequest) as info:
+        allocated_gpus({"CUDA_VISIBLE_DEVICES": "x" * 100_000})
+    assert len(info.value.message) < 200
+
+
+def test_cli_report_that_cannot_be_written_is_one_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("VENVOY_HOME", str(tmp_path / "store"))
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+
+    class Full(io.StringIO):  # like /dev/full
+        def write(self, text: str) -> int:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(VenvoyError, match="could not write the report: No space left"):
+        cmd_doctor(parser.parse_args(["doctor"]), out=Full())
+
+
+def slurm_probes(nodes: object) -> dict[str, object]:
+    from concurrent.futures import Future
+
+    probes: dict[str, object] = {}
+    for key, value in (("ping", (0, "Slurmctld(primary) at c1 is UP")),
+                       ("config", (0, "MaxArraySize = 1001\n")), ("mpi", (0, "pmix\n")),
+                       ("nodes", nodes)):
+        f: Future[object] = Future()
+        f.set_result(value)
+        probes[key] = f
+    return probes
+
+
+def test_store_on_nodes_without_srun_is_not_a_failure(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text("#!/bin/sh\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {"PATH": str(bin_dir), "SLURM_JOB_ID": "42"}
+    checks = {c.name: c for c in dr.check_slurm(env, slurm_probes(None), "/store")}  # type: ignore[arg-type]
+    assert checks["store on compute nodes"].status == WARN
+    assert "no srun" in checks["store on compute nodes"].evidence
+
+
+def test_store_on_nodes_error_is_cut(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("sbatch", "srun"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    env = {"PATH": str(bin_dir), "SLURM_JOB_ID": "42"}
+    probes = slurm_probes((1, "srun: error: " + "\x1b[2J" * 5000))
+    check = {c.name: c for c in dr.check_slurm(env, probes, "/store")}["store on compute nodes"]  # type: ignore[arg-type]
+    assert check.status == FAIL and len(check.evidence) < 300
+
+
+def test_evidence_is_never_a_flood() -> None:
+    assert len(Check("a", "b", OK, "y" * 100_000).evidence) <= dr.EVIDENCE_MAX
+    assert dr.parse_mpi_list("MPI plugin types are...\n" + "y" * 100_000 + "\n\x1b[2J\npmix\n") \
+        == ["pmix"]
+
+
+def test_allocation_of_absurdly_many_gpus_is_refused() -> None:
+    many = ",".join(str(i) for i in range(100_000))
+    with pytest.raises(BadRequest, match="names 100000 GPUs"):
+        allocated_gpus({"CUDA_VISIBLE_DEVICES": many})
+    assert len(allocated_gpus({"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in range(64))}) or []) == 64

@@ -14,6 +14,7 @@ probe with a NAME on a machine with a GPU).
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import time
@@ -27,6 +28,8 @@ from venvoy.core.errors import VenvoyError
 
 OK, WARN, FAIL, NA = "ok", "warn", "fail", "n/a"
 STATUSES = (OK, WARN, FAIL, NA)
+#: The longest evidence a check keeps (the rest is cut, marked "...").
+EVIDENCE_MAX = 400
 #: How long one probe (a subprocess) may take before it counts as "no answer".
 PROBE_TIMEOUT_S = 1.5
 #: File system types that are shared between nodes (network or cluster file systems).
@@ -116,6 +119,11 @@ class Check:
     status: str
     evidence: str
     action: str = ""
+
+    def __post_init__(self) -> None:
+        # Evidence quotes paths and other programs' output: a line, never a flood.
+        if len(self.evidence) > EVIDENCE_MAX:
+            object.__setattr__(self, "evidence", self.evidence[: EVIDENCE_MAX - 3] + "...")
 
     def as_dict(self) -> dict[str, str]:
         return {"area": self.area, "name": self.name, "status": self.status,
@@ -475,7 +483,20 @@ def not_a_directory(path: str) -> str | None:
     return None if os.path.isdir(real) else real
 
 
+def too_long(path: str) -> bool:
+    """Whether ``path`` (or one of its names) is longer than the system allows:
+    it could never be created."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENAMETOOLONG
+    return False
+
+
 def check_store(root: str, mountinfo: str) -> Check:
+    if too_long(root):
+        return Check("store", "store", FAIL, f"{root[:120]}...: path or a name in it too long",
+                     "set VENVOY_HOME to a shorter path")
     blocker = not_a_directory(root)
     if blocker:
         return Check("store", "store", FAIL, f"{root}: {blocker} is not a directory",
@@ -497,6 +518,9 @@ def check_store(root: str, mountinfo: str) -> Check:
 
 
 def check_tmp(label: str, path: str, source: str, mountinfo: str, action_var: str) -> Check:
+    if too_long(path):
+        return Check("store", label, FAIL, f"{path[:120]}... (from {source}): path or a name in "
+                     "it too long", f"set {action_var} to a shorter path")
     blocker = not_a_directory(path)
     if blocker:
         return Check("store", label, FAIL, f"{path} (from {source}): {blocker} is not a directory",
@@ -550,8 +574,9 @@ def check_gpu(host: Host, environ: Mapping[str, str], adapters: list[Any]) -> li
     out.append(Check("gpu", "devices", OK, " ".join(devs) + (f" {host.dev}/dri" if dri else "")))
     if nvidia:
         text = read_text(os.path.join(host.proc, "driver/nvidia/version"))
-        if text:
-            out.append(Check("gpu", "NVIDIA driver", OK, text.strip().splitlines()[0][:160]))
+        first = next((line.strip() for line in (text or "").splitlines() if line.strip()), "")
+        if first:
+            out.append(Check("gpu", "NVIDIA driver", OK, first[:160]))
         else:
             out.append(Check("gpu", "NVIDIA driver", FAIL,
                              f"device files but no {host.proc}/driver/nvidia/version",
@@ -566,10 +591,22 @@ def check_gpu(host: Host, environ: Mapping[str, str], adapters: list[Any]) -> li
     from venvoy.runtime.request import gpu_env
 
     set_vars = [f"{k}={v}" for k, v in gpu_env(environ)]  # what venvoy passes into containers
-    if set_vars:
+    shown = ", ".join(set_vars)
+    shown = shown if len(shown) <= 240 else shown[:237] + "..."
+    from venvoy.runtime.oci_cli import allocated_gpus
+
+    try:
+        if nvidia:
+            allocated_gpus(environ)
+        refused = None
+    except VenvoyError as exc:  # garbage, or "no GPU" (NoDevFiles): --gpu nvidia is refused
+        refused = exc
+    if refused is not None:
+        out.append(Check("gpu", "allocation", WARN, refused.message, refused.hint))
+    elif set_vars:
         out.append(Check("gpu", "allocation", OK,
-                         ", ".join(set_vars) + ": passed into the container; Docker and Podman get "
-                         "only these devices"))
+                         shown + ": passed into the container; Docker and Podman get only "
+                         "these devices"))
     elif environ.get("SLURM_JOB_ID"):
         out.append(Check("gpu", "allocation", WARN,
                          "inside a Slurm job but no CUDA_VISIBLE_DEVICES/ROCR_VISIBLE_DEVICES: "
@@ -652,14 +689,18 @@ def gpu_probe(runtime: Any, image: str, environ: Mapping[str, str],
 
 # -- Slurm ----------------------------------------------------------------------------
 
+def mpi_name_ok(word: str) -> bool:
+    return 0 < len(word) <= 40 and word.isascii() and all(c.isalnum() or c in "_-." for c in word)
+
+
 def parse_mpi_list(text: str) -> list[str]:
     """Plugin names from ``srun --mpi=list`` (header and pmix version lines skipped)."""
-    names = []
+    names: list[str] = []
     for line in text.splitlines():
         word = line.strip()
         if not word or " " in word or word.endswith(":") or word.startswith("specific"):
             word = word.split()[-1] if word.startswith("srun: ") and len(word.split()) == 2 else ""
-        if word and word not in names and not word.endswith("..."):
+        if mpi_name_ok(word) and word not in names and not word.endswith("...") and len(names) < 20:
             names.append(word)
     return names
 
@@ -714,7 +755,8 @@ def check_slurm(environ: Mapping[str, str], probes: dict[str, Future[Any]], stor
     types = parse_mpi_list(mpi[1]) if mpi and mpi[0] == 0 else []
     real = [t for t in types if t != "none"]
     if not types:
-        out.append(Check("slurm", "MPI", WARN, "`srun --mpi=list` did not answer",
+        said = "did not answer" if mpi is None else "listed no MPI type"
+        out.append(Check("slurm", "MPI", WARN, f"`srun --mpi=list` {said}",
                          "MPI jobs may not start: ask the admins which --mpi type to use"))
     else:
         out.append(Check("slurm", "MPI", OK if real else WARN, ", ".join(types),
@@ -730,8 +772,13 @@ def check_slurm(environ: Mapping[str, str], probes: dict[str, Future[Any]], stor
             out.append(Check("slurm", "store on compute nodes", OK,
                              f"{store_root} is visible on all {nodes} node(s) of job "
                              f"{environ['SLURM_JOB_ID']}"))
+        elif seen is None and not srun:
+            out.append(Check("slurm", "store on compute nodes", WARN,
+                             f"inside job {environ['SLURM_JOB_ID']} but no srun on PATH to look",
+                             "load your site's Slurm module and run `venvoy doctor` again"))
         else:
-            why = "no answer" if seen is None else (seen[1].strip().splitlines() or ["?"])[-1]
+            why = "srun gave no answer" if seen is None else \
+                (seen[1].strip().splitlines() or ["?"])[-1][:160]
             out.append(Check("slurm", "store on compute nodes", FAIL,
                              f"{store_root} is not visible on every node of job "
                              f"{environ['SLURM_JOB_ID']} ({why})",
@@ -762,6 +809,10 @@ def check_runtimes(found: list[Any], versions: dict[str, str | None] | None,
             status = FAIL if requested or not any_usable else WARN
             out.append(Check("runtimes", f.name, status, f"{evidence}: {f.problem}",
                              "see the host lines below, or choose another runtime"))
+        elif versions is not None and not versions.get(f.name):
+            # `--version` failed or hung: the runs will likely do the same.
+            out.append(Check("runtimes", f.name, WARN, f"{evidence}: it did not say its version",
+                             f"check that `{os.path.basename(f.path)} version` answers"))
         elif not f.tested:
             out.append(Check("runtimes", f.name, WARN, f"{evidence}, usable",
                              "its adapter is written to the documentation and never ran here"))
@@ -844,6 +895,22 @@ def check_environment(name: str, store: Any, adapters: list[Any], verify: bool,
 
 # -- the whole report ---------------------------------------------------------------------
 
+def uncached_versions(adapters: list[Any], env: Mapping[str, str]) -> dict[str, str | None]:
+    """Each runtime's version, probed without the store's cache (which writing
+    would create the store: the doctor looks, it does not create)."""
+    def one(rt: Any) -> str | None:
+        argv, rt_env = list(rt.version_argv()), getattr(rt, "environ", env)
+        proc = run_probe(argv, rt_env)
+        if (proc is None or proc[0] != 0) and argv[1:] != ["--version"]:
+            proc = run_probe([argv[0], "--version"], rt_env)  # e.g. Docker with its daemon down
+        return rt.parse_version(proc[1]) if proc is not None and proc[0] == 0 else None
+
+    if not adapters:
+        return {}
+    with ThreadPoolExecutor(max_workers=len(adapters)) as pool:
+        return dict(zip([rt.name for rt in adapters], pool.map(one, adapters), strict=True))
+
+
 def doctor(name: str | None = None, *, runtime: str | None = None, verify: bool = False,
            environ: Mapping[str, str] | None = None, host: Host | None = None,
            store_root: str | None = None) -> Report:
@@ -870,7 +937,9 @@ def doctor(name: str | None = None, *, runtime: str | None = None, verify: bool 
     pool = ThreadPoolExecutor(max_workers=6)
     probes: dict[str, Future[Any]] = {}
     try:
-        probes["versions"] = pool.submit(versions, adapters, env, PROBE_TIMEOUT_S)
+        # The versions cache lives in the store: a store not created yet stays so.
+        probes["versions"] = pool.submit(versions, adapters, env, PROBE_TIMEOUT_S) \
+            if os.path.isdir(root) else pool.submit(uncached_versions, adapters, env)
         unshare = which("unshare", path)
         if unshare:
             # The command run in the new namespace is unshare itself (`--version`):

@@ -64,16 +64,21 @@ def cmd_doctor(args: argparse.Namespace, out: TextIO | None = None) -> int:
     import json
 
     from venvoy.api.doctor import doctor, exit_status
-    from venvoy.core.errors import BadRequest
+    from venvoy.core.errors import BadRequest, VenvoyError
 
     if args.verify and not args.name:
         raise BadRequest("--verify needs an environment NAME", "e.g. venvoy doctor my-env --verify")
     report = doctor(args.name, runtime=args.runtime, verify=args.verify)
     stream = out or sys.stdout
-    if args.json:
-        print(json.dumps(report.as_dict(), indent=2), file=stream)
-    else:
-        print(format_report(report), file=stream)
+    text = json.dumps(report.as_dict(), indent=2) if args.json else format_report(report)
+    try:
+        print(text, file=stream)
+        stream.flush()
+    except BrokenPipeError:
+        raise  # `venvoy doctor | head`: the CLI's quiet exit
+    except OSError as exc:  # a full disk or /dev/full: one line, not a traceback
+        raise VenvoyError(f"could not write the report: {exc.strerror or exc}",
+                          "write it to a file system with room") from None
     return exit_status(report)
 
 

@@ -37,7 +37,7 @@ class OciCliRuntime(Runtime):
         cgroups), or a value the user set with --env, is kept."""
         gpus = allocated_gpus(self.environ) if req.gpu == Gpu.NVIDIA else None
         host = self.environ.get("CUDA_VISIBLE_DEVICES")
-        if not gpus or host is None or [t.strip() for t in host.split(",")] != gpus:
+        if not gpus or host is None or list(dict.fromkeys(t.strip() for t in host.split(","))) != gpus:
             return list(req.env)
         inside = ",".join(str(i) for i in range(len(gpus)))
         return [(k, inside if k == "CUDA_VISIBLE_DEVICES" and v == host else v)
@@ -245,6 +245,8 @@ def load_error(text: str, limit: int = 400) -> str:
 #: under Slurm's device cgroups CUDA_VISIBLE_DEVICES counts from 0 within the job.
 NVIDIA_ALLOCATION_VARIABLES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "NVIDIA_VISIBLE_DEVICES",
                                "CUDA_VISIBLE_DEVICES")
+#: The most GPUs (or MIG slices) one allocation variable may name.
+MAX_GPUS = 512
 #: Values that mean "no GPU" (Slurm writes NoDevFiles for a job without GPUs).
 NO_GPU_VALUES = ("", "none", "void", "nodevfiles", "-1")
 
@@ -272,11 +274,15 @@ def allocated_gpus(environ: Mapping[str, str]) -> list[str] | None:
             raise BadRequest(f"--gpu nvidia: {var}={value!r} gives this job no GPU",
                              f"ask for one (e.g. `srun --gpus=1`) or unset {var}")
         tokens = [t.strip() for t in value.split(",")]
+        if len(tokens) > MAX_GPUS:  # each is a runtime argument: no node has that many
+            raise BadRequest(f"--gpu nvidia: {var} names {len(tokens)} GPUs (at most {MAX_GPUS})",
+                             "give only the GPUs of this job, or unset it")
         for t in tokens:
             if not gpu_name_ok(t):
-                raise BadRequest(f"--gpu nvidia: {var}={value!r} is not a list of GPU indices or "
+                raise BadRequest(f"--gpu nvidia: {var}={value[:80]!r} is not a list of GPU indices or "
                                  "UUIDs", "write it as e.g. 0,1 or GPU-<uuid>, or unset it")
-        return tokens
+        # "0,0": one GPU, passed once (Podman refuses a device named twice).
+        return list(dict.fromkeys(tokens))
     return None
 
 
