@@ -542,3 +542,27 @@ def test_container_names_carry_their_owner_in_dockers_alphabet() -> None:
     assert fs.container_owner_alive(f"venvoy-build_{host}_999999_1_0123abcd") is False
     assert fs.container_owner_alive("venvoy-build_other-host_1_1_0123abcd") is None
     assert fs.container_owner_alive("someone-elses-container") is None
+
+
+def test_file_lock_excludes_times_out_in_one_line_and_never_follows_a_link(tmp_path: Path) -> None:
+    from venvoy.core.errors import VenvoyError
+
+    lock = tmp_path / "locks" / "x.lock"
+    said: list[str] = []
+    with fs.file_lock(lock, timeout=5, what="x"):
+        # Another holder (a separate open file description, as another process has).
+        with pytest.raises(VenvoyError) as info, \
+                fs.file_lock(lock, timeout=0.2, what="entry x", waiting=lambda: said.append("w")):
+            pass
+    assert said == ["w"] and "\n" not in str(info.value)
+    assert "waiting for another venvoy working on entry x" in str(info.value)
+    with fs.file_lock(lock, timeout=1, what="x"):  # released when the holder left
+        pass
+    victim = tmp_path / "victim"
+    victim.write_text("keep")
+    planted = tmp_path / "locks" / "y.lock"
+    planted.symlink_to(victim)
+    with pytest.raises(VenvoyError, match="cannot open the lock file"), \
+            fs.file_lock(planted, timeout=1, what="y"):
+        pass
+    assert victim.read_text() == "keep"

@@ -198,31 +198,44 @@ def scratch_dir(parent: Path, stem: str, *, stale: tuple[str, ...] = ()) -> Iter
 def file_lock(path: Path, *, timeout: float, what: str,
               waiting: Callable[[], None] | None = None) -> Iterator[None]:
     """An exclusive lock held through the file ``path`` (any process, any host
-    sharing the file system), with one clear error after ``timeout`` seconds.
-    ``waiting`` is called once when another process holds it (to say so)."""
-    import filelock
+    sharing the file system: ``flock``, which Linux maps onto NFS locks), with
+    one clear error after ``timeout`` seconds. ``waiting`` is called once when
+    another process holds it (to say so). The lock file is opened without
+    following links, and the lock dies with its holder (no stale lock files)."""
+    import fcntl
 
     from venvoy.core.errors import VenvoyError
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = filelock.FileLock(str(path), timeout=timeout)
     try:
-        try:
-            lock.acquire(timeout=0 if waiting is not None else timeout)
-        except filelock.Timeout:
-            if waiting is None:
-                raise
-            waiting()
-            lock.acquire(timeout=timeout)
-    except filelock.Timeout:
-        raise VenvoyError(
-            f"timed out after {timeout:.0f} s waiting for another venvoy working on {what}",
-            f"if no other venvoy is running, remove {path} and retry",
-        ) from None
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise VenvoyError(f"cannot open the lock file {path}: {exc.strerror or exc}",
+                          "it must be a regular file in a writable directory; remove it and retry"
+                          ) from None
     try:
+        deadline = time.monotonic() + timeout
+        pause = 0.01
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            if waiting is not None:
+                waiting()
+                waiting = None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise VenvoyError(
+                    f"timed out after {timeout:.0f} s waiting for another venvoy working on {what}",
+                    f"if no other venvoy is running, remove {path} and retry",
+                )
+            time.sleep(min(pause, left))  # a lock holder is working: poll, backing off
+            pause = min(pause * 2, 0.25)
         yield
     finally:
-        lock.release()
+        os.close(fd)  # releases the lock
 
 
 def sha256_file(path: Path) -> str:
