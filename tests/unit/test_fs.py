@@ -549,11 +549,10 @@ def test_file_lock_excludes_times_out_in_one_line_and_never_follows_a_link(tmp_p
 
     lock = tmp_path / "locks" / "x.lock"
     said: list[str] = []
-    with fs.file_lock(lock, timeout=5, what="x"):
-        # Another holder (a separate open file description, as another process has).
-        with pytest.raises(VenvoyError) as info, \
-                fs.file_lock(lock, timeout=0.2, what="entry x", waiting=lambda: said.append("w")):
-            pass
+    # A second holder is a separate open file description, as another process has.
+    with fs.file_lock(lock, timeout=5, what="x"), pytest.raises(VenvoyError) as info, \
+            fs.file_lock(lock, timeout=0.2, what="entry x", waiting=lambda: said.append("w")):
+        pass
     assert said == ["w"] and "\n" not in str(info.value)
     assert "waiting for another venvoy working on entry x" in str(info.value)
     with fs.file_lock(lock, timeout=1, what="x"):  # released when the holder left
