@@ -448,7 +448,7 @@ step_start "venv $VENV_DIR"
 # the step idempotent and notices when they change).
 DEPS=$(/usr/bin/python3 -c 'import sys, tomllib; print("\n".join(d for d in tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"] if "python_version" not in d))' "$REPO_DIR/pyproject.toml")
 venv_ok() { [[ -x $VENV_DIR/bin/python && "$(cat "$VENV_DIR/.venvoy-deps" 2>/dev/null)" == "$DEPS" ]] &&
-    as_user "$VENV_DIR/bin/python" -c 'import platformdirs, filelock' >/dev/null 2>&1; }
+    as_user "$VENV_DIR/bin/python" -c 'import platformdirs, zstandard' >/dev/null 2>&1; }
 if ! venv_ok; then
     rm -rf "$VENV_DIR"
     install -d -m 755 "$(dirname "$VENV_DIR")"
