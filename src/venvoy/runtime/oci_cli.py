@@ -168,8 +168,8 @@ class OciCliRuntime(Runtime):
             raise RuntimeFailed(f"{self.name} save {image} failed: {brief(proc.stderr or proc.stdout)}",
                                 f"check the free space of {dest.parent}")
 
-    def load_archive(self, archive: Path, ref: str, dest_dir: Path) -> str:
-        import re
+    def run_load(self, archive: Path, hint: str) -> str:
+        """``load -i archive``; its output, or one line with what went wrong."""
         import subprocess
 
         proc = subprocess.run(
@@ -179,11 +179,18 @@ class OciCliRuntime(Runtime):
         if proc.returncode != 0:
             raise VenvoyError(
                 f"{self.name} load of {archive} failed: {load_error(proc.stderr or proc.stdout)}",
-                "check that the file is a Docker or OCI archive",
+                hint,
             )
-        loaded = re.findall(r"Loaded image(?:\(s\))?(?: ID)?:\s*(\S+)", proc.stdout)
+        return proc.stdout
+
+    def load_archive(self, archive: Path, ref: str, dest_dir: Path) -> str:
+        import re
+        import subprocess
+
+        out = self.run_load(archive, "check that the file is a Docker or OCI archive")
+        loaded = re.findall(r"Loaded image(?:\(s\))?(?: ID)?:\s*(\S+)", out)
         if not loaded:
-            raise VenvoyError(f"{self.name} load printed no image name", proc.stdout.strip())
+            raise VenvoyError(f"{self.name} load printed no image name", out.strip())
         source = loaded[-1].split(",")[0]
         if source != ref:
             tag = subprocess.run(
@@ -203,16 +210,8 @@ class OciCliRuntime(Runtime):
         """
         import subprocess
 
-        proc = subprocess.run(
-            [self.path, "load", "-i", str(archive)],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=dict(self.environ),
-        )
-        if proc.returncode != 0:
-            raise VenvoyError(
-                f"{self.name} load of {archive} failed: {load_error(proc.stderr or proc.stdout)}",
-                "check that the file is a Docker or OCI archive and the free space of the "
-                f"{self.name} store",
-            )
+        self.run_load(archive, "check that the file is a Docker or OCI archive and the free "
+                               f"space of the {self.name} store")
         found = self.image_id(image_id)
         if found != image_id:
             raise DamagedError(
