@@ -185,7 +185,6 @@ class OciCliRuntime(Runtime):
 
     def load_archive(self, archive: Path, ref: str, dest_dir: Path) -> str:
         import re
-        import subprocess
 
         out = self.run_load(archive, "check that the file is a Docker or OCI archive")
         loaded = re.findall(r"Loaded image(?:\(s\))?(?: ID)?:\s*(\S+)", out)
@@ -193,12 +192,7 @@ class OciCliRuntime(Runtime):
             raise VenvoyError(f"{self.name} load printed no image name", out.strip())
         source = loaded[-1].split(",")[0]
         if source != ref:
-            tag = subprocess.run(
-                [self.path, "tag", source, ref],
-                stdin=subprocess.DEVNULL, capture_output=True, text=True, env=dict(self.environ),
-            )
-            if tag.returncode != 0:
-                raise VenvoyError(f"{self.name} tag {source} {ref} failed: {last_line(tag.stderr)}")
+            self.tag(source, ref)
         return ref
 
     def load_bound(self, archive: Path, tag: str, image_id: str) -> str:
@@ -208,7 +202,6 @@ class OciCliRuntime(Runtime):
         Tags can be moved by any later ``load`` of a crafted archive (its
         manifest names the tags it sets); an image ID is its content's digest.
         """
-        import subprocess
 
         self.run_load(archive, "check that the file is a Docker or OCI archive and the free "
                                f"space of the {self.name} store")
@@ -219,13 +212,19 @@ class OciCliRuntime(Runtime):
                 + (f" (got {found})" if found else ""),
                 "the store's image is damaged: rebuild the environment with `venvoy init NAME --force`",
             )
-        tagged = subprocess.run(
-            [self.path, "tag", image_id, tag],
+        self.tag(image_id, tag)
+        return image_id
+
+    def tag(self, source: str, ref: str) -> None:
+        """``tag source ref``, or one line with why not."""
+        import subprocess
+
+        proc = subprocess.run(
+            [self.path, "tag", source, ref],
             stdin=subprocess.DEVNULL, capture_output=True, text=True, env=dict(self.environ),
         )
-        if tagged.returncode != 0:
-            raise VenvoyError(f"{self.name} tag {image_id} {tag} failed: {brief(tagged.stderr)}")
-        return image_id
+        if proc.returncode != 0:
+            raise VenvoyError(f"{self.name} tag {source} {ref} failed: {brief(proc.stderr)}")
 
 
 def load_error(text: str, limit: int = 400) -> str:
