@@ -464,6 +464,14 @@ fi
 step_ok "venv $VENV_DIR"
 
 # --------------------------------------------------------------------------
+# 8b. A private registry on loopback (TLS from a test CA, basic auth) and
+# 8c. a 3-node Slurm cluster in namespaces with accounting: own scripts.
+# --------------------------------------------------------------------------
+export TEST_USER CACHE_DIR VENV_DIR DOCKER_TAR REPO_DIR
+bash "$REPO_DIR/scripts/provision-registry.sh"
+bash "$REPO_DIR/scripts/provision-cluster.sh"
+
+# --------------------------------------------------------------------------
 # 9. Check every runtime for real, print a summary
 # --------------------------------------------------------------------------
 step_start "smoke tests"
