@@ -27,6 +27,9 @@ from pathlib import Path
 
 import pytest
 
+from .cluster import cluster as cluster  # the 3-node Slurm cluster (tests/integration/cluster.py)
+from .cluster import mpi_env as mpi_env  # an mpi4py + Open MPI environment built on it
+
 REPO = Path(__file__).resolve().parents[2]
 BASE_ARCHIVE = Path(os.environ.get("VENVOY_IT_BASE", "/var/cache/venvoy-it/base-docker.tar"))
 TEST_USER = os.environ.get("VENVOY_IT_USER", "venvoytest")
@@ -40,6 +43,34 @@ def unavailable(reason: str) -> None:
     if STRICT:
         pytest.fail(f"integration prerequisite missing under CI: {reason}", pytrace=False)
     pytest.skip(reason)
+
+
+#: The CI registry's settings (host, CA, user, password, base image), written by
+#: scripts/provision-registry.sh.
+REGISTRY_ENV = Path(os.environ.get("VENVOY_IT_REGISTRY_ENV", "/etc/venvoy-it/registry.env"))
+
+
+def registry_settings() -> dict[str, str]:
+    """``VENVOY_IT_REGISTRY*`` from :data:`REGISTRY_ENV` (a missing registry: see unavailable)."""
+    if not REGISTRY_ENV.is_file():
+        unavailable(f"{REGISTRY_ENV} missing: run scripts/provision.sh (it starts the test registry)")
+    out = {}
+    for line in REGISTRY_ENV.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not key.startswith("#"):
+            out[key.strip()] = value.strip()
+    return out
+
+
+def registry_auth_file(path: Path, host: str, user: str, password: str) -> Path:
+    """A ``docker login``-style auth file for ``host``, readable by the test user."""
+    import base64
+    import json
+
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {host: {"auth": token}}}))
+    path.chmod(0o644)
+    return path
 
 
 @dataclass

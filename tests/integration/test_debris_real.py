@@ -103,7 +103,9 @@ def test_kill_9_of_venvoy_stops_the_client_and_the_container(venvoy: Venvoy, tar
 def test_kill_9_during_the_first_apptainer_conversion(venvoy: Venvoy) -> None:
     """The conversion (``apptainer build``) dies with venvoy; its 200+ MB of
     temporaries are removed by the next conversion, which works."""
-    target = Target("apptainer-debris", "apptainer", as_user=True)
+    # The build must be slow enough to be killed mid-way: Apptainer's own builder.
+    target = Target("apptainer-debris", "apptainer", as_user=True,
+                    env_extra={"VENVOY_SIF_COMPRESSION": "apptainer"})
     user = pwd.getpwnam(TEST_USER)
     dest = venvoy.root / "debris-sif"
     dest.mkdir()

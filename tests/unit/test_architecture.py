@@ -17,9 +17,9 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 PACKAGE = SRC / "venvoy"
 
 #: Bottom to top: a module may import its own layer and the ones before it.
-LAYERS = ("core", "image", "runtime", "store", "build", "transport", "api", "cli")
+LAYERS = ("core", "image", "runtime", "store", "build", "transport", "cluster", "api", "cli")
 #: Top-level modules that may import any layer (the package's public doors).
-DOORS = ("venvoy", "venvoy.__main__", "venvoy.container_manager")
+DOORS = ("venvoy", "venvoy.__main__", "venvoy.container_manager", "venvoy.slurm")
 
 
 def module_name(path: Path) -> str:

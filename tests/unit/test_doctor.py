@@ -576,8 +576,12 @@ def test_make_request_passes_the_gpu_allocation(tmp_path: Path, monkeypatch) -> 
                  "NVIDIA_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "SLURM_JOB_GPUS",
                  "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE"):
         assert env[name] == host[name]
-    assert "SLURM_JOB_ID" not in env and "HOME" not in env  # only the GPU allocation
+    assert "HOME" not in env  # the allocation and the job's own variables, nothing else
+    assert env["SLURM_JOB_ID"] == "42"  # inside a job, the job's variables arrive (issue 10)
     assert "SLURM_*GPU*" in GPU_ENV_PASS
+    outside = {k: v for k, v in host.items() if k != "SLURM_JOB_ID"}
+    env = make_request("img", ["env"], environ=outside, tty=False).env_dict
+    assert env["CUDA_VISIBLE_DEVICES"] == "1" and "HOME" not in env
 
 
 def test_explicit_env_overrides_the_allocation(tmp_path: Path, monkeypatch) -> None:

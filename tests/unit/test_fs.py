@@ -492,7 +492,8 @@ def test_apptainer_conversion_temporaries_live_in_an_owned_scratch_dir(tmp_path:
     dest.mkdir()
     left = make_entry(dest, f"sif-build@{dead_owner()}+0badf00d", old=False)
     (left / "build-temp-99").mkdir()
-    app = Apptainer(str(fake), {"PATH": "/usr/bin:/bin"})
+    # Apptainer's own builder (venvoy's SIF writer has no build-temp-*).
+    app = Apptainer(str(fake), {"PATH": "/usr/bin:/bin", "VENVOY_SIF_COMPRESSION": "apptainer"})
     out = app.load_archive(tmp_path / "image.tar", "x", dest)
     tmpdir = Path(log.read_text().strip())
     assert tmpdir.parent == dest and owner_alive(tmpdir.name) is True

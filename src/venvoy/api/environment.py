@@ -64,6 +64,15 @@ class VenvoyEnvironment:
         return envs.run(self.name, argv, runtime=self.runtime, mounts=additional_mounts,
                         env=env or {}, workdir=workdir, gpu=gpu, tty=False)
 
+    def submit(self, command: str | Sequence[str], **options: Any) -> Any:
+        """Submit a Slurm job running ``command`` in the environment (see
+        :func:`venvoy.slurm.submit` for the options); returns its ``Job``."""
+        from venvoy.cluster.submit import SubmitOptions, submit
+
+        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        options.setdefault("runtime", self.runtime)
+        return submit(self.name, argv, SubmitOptions.from_kwargs(options))
+
     def verify(self) -> dict[str, Any]:
         """Is this still the environment that was built? (see `venvoy verify`)"""
         from venvoy.api import environments as envs
@@ -78,6 +87,13 @@ class VenvoyEnvironment:
         from venvoy.transport.archive import export_archive
 
         return str(export_archive(envs.get(self.name), Path(path)))
+
+    def push(self, ref: str) -> str:
+        """Publish the environment to an OCI registry (``HOST[:PORT]/REPO[:TAG]``); returns
+        the reference pinned by digest (see `venvoy push`)."""
+        from venvoy.api.registry import push
+
+        return push(self.name, ref)
 
     def import_archive(self, path: str, force: bool = False) -> dict[str, Any]:
         """Import an archive (or wheelhouse) as this environment; returns its record."""

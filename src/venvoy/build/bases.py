@@ -581,7 +581,15 @@ def _qualified(ref: str) -> str:
 
 def _from_reference(ref: str, bases: Path, runtime: Runtime | None, say: Progress, *,
                     pull: bool = True) -> BaseImage:
-    """A base from an image Docker or Podman has (or pulls): saved into the store, keyed by image ID."""
+    """A base from an image Docker or Podman has (or pulls): saved into the store, keyed by image ID.
+
+    Runtimes without an image store (Apptainer, Singularity, Charliecloud) get
+    a reference that names a registry host pulled by venvoy's own registry
+    client (:func:`from_registry`).
+    """
+    if (runtime is None or not runtime.has_image_store) and names_registry(ref):
+        return from_registry(ref, bases, say, pull=pull,
+                             environ=dict(runtime.environ) if runtime is not None else None)
     if runtime is None or not runtime.has_image_store:
         what = runtime.name if runtime is not None else "no container runtime"
         raise VenvoyError(
@@ -621,6 +629,49 @@ def _from_reference(ref: str, bases: Path, runtime: Runtime | None, say: Progres
                                                             "runtime_image_id": image_id})
         except OSError as exc:
             raise VenvoyError(f"cannot save {name} into the store: {exc}") from None
+        finally:
+            tmp_archive.unlink(missing_ok=True)
+
+
+def names_registry(ref: str) -> bool:
+    """Does ``ref`` name a registry host (``HOST[:PORT]/REPO...``, ``docker://...``)?"""
+    first, sep, _rest = ref.removeprefix("docker://").partition("/")
+    return bool(sep) and ("." in first or ":" in first or first == "localhost")
+
+
+def from_registry(ref: str, bases: Path, say: Progress, *, pull: bool = True,
+                  environ: dict[str, str] | None = None) -> BaseImage:
+    """A base pulled from a registry by venvoy itself (no container runtime needed), kept
+    in the store as a Docker archive keyed by the manifest digest: the tag is resolved
+    every time (a moved tag is noticed), the layers are pulled once."""
+    from venvoy.image import registry
+
+    parsed = registry.parse_reference(ref)
+    if not pull:
+        if parsed.digest:
+            found = _cached(bases, f"registry-{parsed.digest.partition(':')[2][:32]}")
+            if found is not None:
+                return found
+        raise VenvoyError(f"base image {ref} must be pulled from its registry and --offline "
+                          "forbids it", "pass a tar with --base, or go online")
+    digest = registry.resolve(parsed, environ=environ)
+    key = f"registry-{digest.partition(':')[2][:32]}"
+    found = _cached(bases, key)
+    if found is not None:
+        return found
+    with _locked(bases, key, say):
+        found = _cached(bases, key)
+        if found is not None:
+            return found
+        tmp_archive = _tmp(bases, f"{key}.tar")
+        pinned = parsed.with_digest(digest)
+        say(f"pulling {pinned} into the store")
+        try:
+            registry.pull_archive(pinned, tmp_archive, environ=environ, progress=say)
+            return _publish(bases, key, tmp_archive, str(pinned),
+                            {"ref": str(parsed), "manifest_digest": digest})
+        except OSError as exc:
+            raise VenvoyError(f"cannot save {ref} into the store: {exc}") from None
         finally:
             tmp_archive.unlink(missing_ok=True)
 
@@ -711,4 +762,5 @@ def detect_python_glibc(archive: Path, info: ImageInfo | None = None) -> tuple[s
 
 
 __all__ = ["KNOWN_PYTHONS", "OFFLINE_SUITES", "BaseImage", "bootstrap", "detect_python_glibc",
-           "from_tar", "official_reference", "probe_registry", "registry_endpoint", "resolve_base"]
+           "from_registry", "from_tar", "names_registry", "official_reference", "probe_registry",
+           "registry_endpoint", "resolve_base"]

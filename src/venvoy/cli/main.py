@@ -156,8 +156,10 @@ def build_parser(command_after_dashes: bool = False) -> argparse.ArgumentParser:
                          usage="venvoy run (NAME | --image IMAGE) [options] -- CMD [ARG...]")
     run.add_argument("name", nargs="?", help="the environment (see `venvoy list`)")
     run.add_argument("--image",
-                     help="instead of an environment: an image the runtime knows, a .sif file, "
-                          "or a Charliecloud image directory")
+                     help="instead of an environment: an image in the local Docker/Podman store, "
+                          "a registry reference (docker://HOST/REPO:TAG), a .sif file, an image "
+                          "directory or a Docker/OCI archive tar (made into the runtime's form "
+                          "once, cached)")
     add_runtime_option(run)
     run.add_argument("--mount", "-v", action="append", default=[], metavar="SRC:DST[:ro]",
                      help="bind-mount a host path (repeatable); the current directory always is")
@@ -242,6 +244,12 @@ def build_parser(command_after_dashes: bool = False) -> argparse.ArgumentParser:
     from venvoy.cli.doctor import add_parser as add_doctor
 
     add_doctor(sub)
+    from venvoy.cli.slurm import add_parser as add_slurm
+
+    add_slurm(sub)
+    from venvoy.cli.registry import add_parser as add_registry
+
+    add_registry(sub)
     return parser
 
 
@@ -261,7 +269,7 @@ def usage_error(message: str, prog: str = "venvoy run") -> NoReturn:
 
 def split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
     """Split ``run ... -- CMD`` at the first ``--`` so CMD is never parsed."""
-    if argv[:1] == ["run"] and "--" in argv:
+    if argv[:1] in (["run"], ["submit"]) and "--" in argv:
         i = argv.index("--")
         return argv[:i], argv[i + 1:]
     return argv, None
@@ -311,6 +319,9 @@ def format_runtime_info(info: dict[str, Any]) -> str:
         lines.append(f"runtime:  none: {info['error']}")
     hpc = f"yes: {info['hpc_signal']}" if info["is_hpc"] else "no (no scheduler job, host name not a node's)"
     lines.append(f"hpc:      {hpc}")
+    if info.get("sif_compression"):
+        sif = info["sif_compression"]
+        lines.append(f"sif:      {sif['compression']} ({sif['why']})")
     rows = info["runtimes"]
     lines.append("found:" if rows else "found:    nothing on PATH")
     vw = max([len(r["version"] or "?") for r in rows] + [7]) + 2
@@ -351,6 +362,8 @@ def cmd_run(args: argparse.Namespace | RunArgs, command: list[str]) -> NoReturn:
         if image is None:  # not built, or not in this runtime's form yet
             _run_in_library(args, command, runtime)
         req.image = image
+    else:
+        req.image, planned = _image_for_run(args, command, runtime)
     if args.dry_run:
         import shlex
 
@@ -372,6 +385,26 @@ def cmd_run(args: argparse.Namespace | RunArgs, command: list[str]) -> NoReturn:
         exec_run(runtime, req)
     except ImageNotFound:  # removed from Docker/Podman behind our back: the library reloads it
         _run_in_library(args, command, runtime)
+
+
+def _image_for_run(args: argparse.Namespace | RunArgs, command: list[str],
+                   runtime: Runtime) -> tuple[str, bool]:
+    """``--image``: what the runtime is given, and whether it is only planned (a dry run
+    makes nothing). What the runtime takes as it is costs a stat here; anything else
+    (a local store's image for Apptainer, a registry reference, a tar) is run by the library."""
+    from venvoy.store.images import AS_IS, classify
+
+    assert args.image is not None
+    if classify(runtime, args.image) == AS_IS:
+        return args.image, False
+    from venvoy.api import images
+
+    if args.dry_run:
+        return images.planned_image(args.image, runtime), True
+    images.run_image(args.image, command, exec_=True, runtime=runtime, mounts=args.mount,
+                     env=args.env, env_pass=args.env_pass, workdir=args.workdir, gpu=args.gpu,
+                     tty=args.tty, progress=_reporter(False).step)
+    raise AssertionError("unreachable")  # pragma: no cover - exec_ never returns
 
 
 def _run_in_library(args: argparse.Namespace | RunArgs, command: list[str],
@@ -562,6 +595,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             from venvoy.cli.doctor import cmd_doctor
 
             return cmd_doctor(args)
+        if args.command in ("submit", "jobs", "logs", "cancel", "wait"):
+            from venvoy.cli.slurm import dispatch
+
+            return dispatch(args, command)
+        if args.command in ("push", "pull"):
+            from venvoy.cli import registry as registry_cli
+
+            return registry_cli.cmd_push(args) if args.command == "push" else registry_cli.cmd_pull(args)
         handlers = {"load": cmd_load, "init": cmd_init, "list": cmd_list, "remove": cmd_remove,
                     "lock": cmd_lock, "verify": cmd_verify, "export": cmd_export,
                     "import": cmd_import}

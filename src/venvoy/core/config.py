@@ -3,6 +3,20 @@
 Recognised keys::
 
     runtime = "podman"     # the runtime to use unless --runtime/VENVOY_RUNTIME say otherwise
+
+    [slurm]                # site defaults of `venvoy submit`, each overridden by its option
+    account = "proj42"
+    partition = "batch"
+    qos = "normal"
+    time = "01:00:00"
+    mpi = "pmix"           # srun --mpi for multi-task jobs (pmix, pmi2, none, auto)
+    launcher = "srun"      # or "none"; default: srun when more than one task
+    prologue = ["module load apptainer"]   # shell lines run first in every job script
+
+(checked where used: :func:`venvoy.cluster.submit.site_defaults`)
+    sif_compression = "auto"  # squashfs compressor of the SIFs venvoy makes: auto|zstd|lz4|gzip|xz|apptainer
+                              # (VENVOY_SIF_COMPRESSION wins; gzip for kernels/setuid installs
+                              # that mount nothing else)
 """
 
 from __future__ import annotations

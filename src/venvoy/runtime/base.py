@@ -39,6 +39,31 @@ class Invocation:
         return f"Invocation(argv={self.argv!r}, env=<{len(self.env)} variables>)"
 
 
+class EnvForward:
+    """How a runtime takes host variables whose names are known only when the
+    command starts (a job script picks them from an allow-list in each task).
+
+    ``prefix``: set ``prefix + NAME`` in the runtime's own environment, with each
+    character of ``escape`` backslash-escaped in the value (Apptainer);
+    ``args``: arguments per variable, with ``{name}`` and ``{value}`` replaced,
+    placed before the last ``before`` words of the run argv (the image and the
+    command); the variable is also in the runtime's own environment.
+    """
+
+    __slots__ = ("args", "before", "escape", "prefix")
+
+    def __init__(self, *, prefix: str | None = None, escape: str = "",
+                 args: tuple[str, ...] = (), before: int = 0) -> None:
+        self.prefix = prefix
+        self.escape = escape
+        self.args = args
+        self.before = before
+
+    def __repr__(self) -> str:
+        return (f"EnvForward(prefix={self.prefix!r}, escape={self.escape!r}, args={self.args!r}, "
+                f"before={self.before!r})")
+
+
 class ImageForm:
     """How a runtime holds an image: one of the three constants below, compared
     with ``is`` (a tiny class, not an enum: importing enum costs start-up time).
@@ -124,6 +149,15 @@ class Runtime:
 
     def run_argv(self, req: RunRequest) -> list[str]:
         raise NotImplementedError
+
+    #: True when containers run outside the caller's process tree (a daemon
+    #: starts them), so a batch job's CPU, memory and time limits do not hold.
+    escapes_job_limits: ClassVar[bool] = False
+
+    def env_forward(self, req: RunRequest) -> EnvForward | None:
+        """How variables named only at run time reach the container (see
+        :class:`EnvForward`), or None when this runtime cannot take them."""
+        return None
 
     def process_env(self, req: RunRequest) -> dict[str, str]:
         """Environment for the runtime program itself (not the container)."""

@@ -20,7 +20,7 @@ import os
 import pwd
 
 from venvoy.core.errors import BadRequest, ImageNotFound, VenvoyError
-from venvoy.runtime.base import ImageForm, Runtime, safe_file_name, user_namespaces_enabled
+from venvoy.runtime.base import EnvForward, ImageForm, Runtime, safe_file_name, user_namespaces_enabled
 from venvoy.runtime.request import Gpu, RunRequest
 
 TYPE_CHECKING = False
@@ -132,6 +132,10 @@ class Charliecloud(Runtime):
             argv.append(f"--cd={req.workdir}")
         argv += [req.image, "--", *req.argv]
         return argv
+
+    def env_forward(self, req: RunRequest) -> EnvForward | None:
+        # --env-no-expand (in run_argv) keeps the value byte-exact; before IMAGE -- CMD.
+        return EnvForward(args=("--set-env={name}={value}",), before=len(req.argv) + 2)
 
     def load_archive(self, archive: Path, ref: str, dest_dir: Path) -> str:
         from venvoy.image.unpack import unpack_image

@@ -246,4 +246,16 @@ def runtime_info(requested: str | None = None, environ: Mapping[str, str] | None
         info.update(runtime=rt.name, path=rt.path, reason=choice.reason, rootless=rt.rootless,
                     version=vers.get(rt.name) or versions([rt], env).get(rt.name))
     info["runtimes"] = [f.as_dict() for f in found]
+    info["sif_compression"] = sif_compression_info(adapters)
     return info
+
+
+def sif_compression_info(adapters: list[Runtime]) -> dict[str, str] | None:
+    """How venvoy makes SIFs here (for the first Apptainer-like runtime found), or None."""
+    from venvoy.runtime.apptainer import Apptainer
+
+    for rt in adapters:
+        if isinstance(rt, Apptainer):
+            compression, why = rt.sif_compression()
+            return {"compression": compression or "apptainer build", "why": why}
+    return None

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 class Docker(OciCliRuntime):
     name: ClassVar[str] = "docker"
     binary: ClassVar[str] = "docker"
+    #: The daemon starts the containers: a batch job's limits do not hold for them.
+    escapes_job_limits: ClassVar[bool] = True
 
     @property
     def rootless(self) -> bool:

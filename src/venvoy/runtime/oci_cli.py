@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from venvoy.core.errors import BadRequest, DamagedError, RuntimeFailed, VenvoyError
-from venvoy.runtime.base import ImageForm, Runtime
+from venvoy.runtime.base import EnvForward, ImageForm, Runtime
 from venvoy.runtime.request import Gpu, RunRequest
 
 TYPE_CHECKING = False
@@ -21,6 +21,10 @@ class OciCliRuntime(Runtime):
     # Stay the parent so that exit 125 can be explained (missing image) and the
     # `--rm` clean-up by the client is waited for.
     wraps: ClassVar[bool] = True
+
+    def env_forward(self, req: RunRequest) -> EnvForward | None:
+        # `-e NAME` without a value: the client copies it from its own environment.
+        return EnvForward(args=("-e", "{name}"), before=len(req.argv) + 1)
 
     def user_args(self, req: RunRequest) -> list[str]:
         """How the caller's uid is kept inside; differs between the two."""

@@ -173,6 +173,32 @@ def gpu_env(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     return pairs
 
 
+#: What a job's task passes into its container, by name, besides ``--env``: Slurm's
+#: variables (which task, which node, which array index), what an MPI launch needs
+#: (PMI, PMIx, Open MPI, MPICH/Hydra, Intel MPI, UCX, libfabric), the GPUs the task was
+#: given and its TMPDIR. Never PYTHONPATH, VIRTUAL_ENV or CONDA_*: the host's Python
+#: stays out. Used by ``venvoy run`` inside a job (SLURM_JOB_ID set) and by the
+#: scripts of ``venvoy submit``, where the names are chosen when each task starts.
+JOB_ENV_NAMES = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES",
+                 "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL", "TMPDIR")
+JOB_ENV_PREFIXES = ("SLURM_", "PMI_", "PMIX_", "OMPI_", "PRTE_", "HYDRA_", "MPICH_", "MPIR_CVAR_",
+                    "I_MPI_", "UCX_", "FI_")
+
+
+def job_env_allowed(name: str) -> bool:
+    """Whether a task's variable ``name`` is on the job allow-list (see :data:`JOB_ENV_NAMES`)."""
+    return (name in JOB_ENV_NAMES or name.startswith(JOB_ENV_PREFIXES)) and valid_env_name(name)
+
+
+def job_env(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """Inside a Slurm job (SLURM_JOB_ID set): the allow-listed variables of ``environ``,
+    sorted; outside one, nothing. ``venvoy run`` in an array task then sees its
+    SLURM_ARRAY_TASK_ID without ``--env-pass``."""
+    if not environ.get("SLURM_JOB_ID"):
+        return []
+    return sorted((k, v) for k, v in environ.items() if job_env_allowed(k))
+
+
 def make_request(
     image: str,
     argv: Sequence[str],
@@ -193,7 +219,8 @@ def make_request(
     * the environment is clean except for ``env`` and the ``env_pass`` names
       copied from the host, plus ``PYTHONNOUSERSITE=1`` so packages in the
       user's ``~/.local`` never leak into the container, and the host's GPU
-      allocation (:data:`GPU_ENV_PASS`), so a job given GPU 3 computes on GPU 3.
+      allocation (:data:`GPU_ENV_PASS`), so a job given GPU 3 computes on GPU 3;
+    * inside a Slurm job, the task's allow-listed variables (:func:`job_env`).
     """
     if not argv:
         raise BadRequest("no command given", "put the command after --, e.g. -- python3 x.py")
@@ -205,7 +232,8 @@ def make_request(
     if mount_cwd and not any(m.target == cwd for m in parsed_mounts):
         check_cwd(cwd)
         parsed_mounts.insert(0, Mount(cwd, cwd))
-    pairs: list[tuple[str, str]] = [("PYTHONNOUSERSITE", "1"), *gpu_env(host_env)]
+    pairs: list[tuple[str, str]] = [("PYTHONNOUSERSITE", "1"), *gpu_env(host_env),
+                                    *job_env(host_env)]
     for name in env_pass:
         if not valid_env_name(name):
             raise BadRequest(f"bad --env-pass {name!r}", "give a variable name such as OMP_NUM_THREADS")

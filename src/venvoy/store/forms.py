@@ -175,13 +175,17 @@ def forget_native(store: Store, runtime: Runtime, image_id: str, tag: str) -> No
 
 def _log_conversion(store: Store, runtime: Runtime, image_id: str, seconds: float) -> None:
     """One line per conversion: how many happened is observable (and tested)."""
-    log = store.conversions_log
+    append_note(store.conversions_log, f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {runtime.name} "
+                                       f"{image_id} pid={os.getpid()} {seconds:.1f}s\n")
+
+
+def append_note(log: Path, text: str) -> None:
+    """Append one line to a log in the store (conversions, pulls)."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    line = (f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {runtime.name} {image_id} "
-            f"pid={os.getpid()} {seconds:.1f}s\n").encode()
+    line = text.encode()
     # A note, in a store others may share: never through a link, never blocked
     # on a FIFO; anything but a regular file there is replaced (a directory is
-    # left alone and the note skipped): the conversion itself has succeeded.
+    # left alone and the note skipped): what it records has succeeded.
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
     for _attempt in range(2):
         try:

@@ -10,10 +10,15 @@
     <root>/cache/ch/<id>/        unpacked Charliecloud image directories, by image ID
     <root>/cache/loaded/<marker> notes that a Docker/Podman store holds an image (see marker_name)
     <root>/cache/load/<runtime>/ default destination of `venvoy load` (SIFs, directories)
+    <root>/cache/images/         images run with `venvoy run --image` from outside venvoy (a local
+                                 Docker/Podman store, a registry, a tar): <id>.tar by image ID, and
+                                 notes digest-<hex>, store-<...>-<hex>, ref-<hash> (see store.images)
+    <root>/cache/pulls.log       one line per image pulled, saved or copied into cache/images
     <root>/cache/apptainer/      Apptainer's and Singularity's own cache during conversions
     <root>/cache/runtime-versions.json   probed runtime versions (see venvoy.core.paths)
     <root>/bases/                bootstrapped and pulled base images
     <root>/locks/                one lock file per entry being created
+    <root>/jobs/<id>.json        the Slurm jobs `venvoy submit` made (script, options, outputs)
     <root>/tmp/                  build and conversion space (same file system: renames are atomic)
 
 Every name above is defined here, once. :class:`Store` hands them out as
@@ -54,6 +59,7 @@ BASES_DIR = "bases"
 LOCKS_DIR = "locks"
 TMP_DIR = "tmp"
 LOGS_DIR = "logs"
+JOBS_DIR = "jobs"
 #: Under CACHE_DIR (which, like APPTAINER_CACHE_DIR and RUNTIME_VERSIONS_FILE, is
 #: defined in venvoy.core.paths: the runtime layer below the store needs them too).
 WHEELS_DIR = "wheels"
@@ -62,6 +68,9 @@ CH_DIR = "ch"
 LOADED_DIR = "loaded"
 LOAD_DEST_DIR = "load"
 CONVERSIONS_LOG = "conversions.log"
+#: Images from outside venvoy (`run --image`), and the log of their pulls (see store.images).
+IMAGE_CACHE_DIR = "images"
+PULLS_LOG = "pulls.log"
 #: Per environment: "<image id> <identity> <env.json size>", written with env.json, read by the fast path.
 IMAGE_FILE = "image"
 SIF_SUFFIX = ".sif"
@@ -69,6 +78,8 @@ SIF_SUFFIX = ".sif"
 SIF_CHECK_SUFFIX = ".sif.sha256"
 #: Repository of environment images in Docker/Podman stores.
 ENV_REPOSITORY = "localhost/venvoy"
+#: Repository of images from outside venvoy loaded into Docker/Podman (tagged by image ID).
+IMAGE_REPOSITORY = "localhost/venvoy-image"
 
 
 # -- plain-string helpers (no pathlib: used by the fast path) -----------------------
@@ -284,12 +295,25 @@ class Store:
         return self.cache / CONVERSIONS_LOG
 
     @property
+    def image_cache(self) -> Path:
+        return self.cache / IMAGE_CACHE_DIR
+
+    @property
+    def pulls_log(self) -> Path:
+        return self.cache / PULLS_LOG
+
+    @property
     def bases(self) -> Path:
         return self.root / BASES_DIR
 
     @property
     def logs(self) -> Path:
         return self.root / LOGS_DIR
+
+    @property
+    def jobs(self) -> Path:
+        """One record per job `venvoy submit` gave Slurm: ``<job id>.json``."""
+        return self.root / JOBS_DIR
 
     @property
     def tmp(self) -> Path:
