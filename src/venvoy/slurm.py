@@ -16,19 +16,18 @@ command is split with :func:`shlex.split`. ``dry_run=True`` returns the plan
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Sequence
 from typing import Any
 
 from venvoy.cluster.jobs import Job, list_jobs, load
-from venvoy.cluster.submit import Plan, SubmitOptions
+from venvoy.cluster.submit import Plan, SubmitOptions, command_argv
 from venvoy.cluster.submit import submit as _submit_options
 
 
-def submit(env: str | None, cmd: str | Sequence[str], **options: Any) -> Any:
+def submit(env: str | None, cmd: str | Sequence[str], /, **options: Any) -> Any:
     """Prepare ``env``'s image once here and submit ``cmd`` as a Slurm job; a :class:`Job`
     (or, with ``dry_run=True``, a :class:`Plan`). ``env`` None needs ``image=...``."""
-    argv = shlex.split(cmd) if isinstance(cmd, str) else list(cmd)
+    argv = command_argv(cmd)
     return _submit_options(env, argv, SubmitOptions.from_kwargs(options))
 
 

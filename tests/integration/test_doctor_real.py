@@ -10,6 +10,7 @@ a throwaway user), so nothing on the host changes.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
@@ -75,7 +76,9 @@ def test_doctor_as_root_on_this_machine(venvoy: Venvoy) -> None:
         assert "usable" in check_line(proc, "ok", name)
     check_line(proc, "ok", "user namespaces")
     check_line(proc, "ok", "FUSE and squashfuse")
-    assert "gzip" in check_line(proc, "ok", "SIF compression")
+    argv, env = as_root(venvoy, ["runtime-info", "--json"])
+    made = json.loads(run(argv, env).stdout)["sif_compression"]["compression"]
+    assert f"venvoy's SIFs use {made}" in check_line(proc, "ok", "SIF compression")
     check_line(proc, "n/a", "GPU")
     assert "UP" in check_line(proc, "ok", "controller")
     assert lines_of(proc)[-1].startswith("venvoy doctor: nothing fails")

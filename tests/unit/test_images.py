@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import pytest
 
-from venvoy.core.errors import DamagedError, ImageNotFound, VenvoyError
+from venvoy.core.errors import BadRequest, DamagedError, ImageNotFound, VenvoyError
 from venvoy.image import registry
 from venvoy.image.oci import inspect_archive
 from venvoy.runtime.apptainer import Apptainer
@@ -117,7 +117,11 @@ def test_files_are_told_by_content(tmp_path: Path) -> None:
         assert classify(rt, str(named_like_an_image)) == ARCHIVE
         assert classify(rt, str(sif)) == AS_IS
         assert classify(rt, str(tmp_path)) == AS_IS  # a sandbox or Charliecloud directory
-        assert classify(rt, str(fifo)) == AS_IS  # never opened to block on
+        # never opened to block on, and refused: Apptainer would wait on it for ever
+        with pytest.raises(BadRequest, match="FIFO, socket or device"):
+            classify(rt, str(fifo))
+        with pytest.raises(BadRequest, match="FIFO, socket or device"):
+            classify(rt, "/dev/null")
 
 
 # ------------------------------------------------------------------ an archive tar
@@ -133,6 +137,31 @@ def test_an_archive_is_copied_once_and_converted_once(store: Store, tmp_path: Pa
     assert inspect_archive(copied).image_id == image_id
     assert not os.access(copied, os.W_OK) or os.geteuid() == 0
     assert [p.name for p in store.image_cache.iterdir()] == [copied.name]  # no temporaries
+
+
+class ReadingSif(FakeSif):
+    """Reads the archive it converts, as the real ones do."""
+
+    def load_archive(self, archive: Path, ref: str, dest_dir: Path) -> str:
+        from venvoy.image.oci import copy_as_docker_archive
+
+        copy_as_docker_archive(archive, dest_dir.parent / "scratch.tar")
+        return super().load_archive(archive, ref, dest_dir)
+
+
+def test_a_damaged_cached_archive_is_fetched_again(store: Store, tmp_path: Path) -> None:
+    src = archive(tmp_path / "in.tar", "a")
+    image_id = inspect_archive(src).image_id
+    rt = ReadingSif("/x", {})
+    images.native_image(store, rt, str(src))
+    cached = images.archive_path(store, image_id)
+    cached.chmod(0o644)
+    cached.write_bytes(cached.read_bytes()[:3000])  # truncated on disk behind venvoy's back
+    store.sif(image_id).unlink()
+    said: list[str] = []
+    assert images.native_image(store, rt, str(src), progress=said.append) == str(store.sif(image_id))
+    assert any("damaged: fetching it again" in line for line in said)
+    assert inspect_archive(cached).image_id == image_id and log(store, "copy") == 2
 
 
 def test_a_damaged_archive_is_one_error_and_leaves_nothing(store: Store, tmp_path: Path) -> None:
@@ -376,6 +405,22 @@ def test_damaged_or_linked_notes_are_never_followed_but_made_again(
     assert elsewhere.read_text().startswith("sha256:")  # the link's target was left alone
 
 
+def test_a_digest_note_naming_another_image_is_not_trusted(
+        store: Store, fake_registry: FakeRegistry) -> None:
+    rt = FakeSif("/x", {})
+    first = images.native_image(store, rt, REF)
+    fake_registry.publish("2", DIGEST_2, "two")
+    second = images.native_image(store, rt, REF.replace(":1", ":2"))
+    assert second != first
+    # digest 1's note made to name digest 2's image (whose archive is there): not followed
+    note = store.image_cache / images.digest_note(DIGEST_1)
+    other = (store.image_cache / images.digest_note(DIGEST_2)).read_text()
+    note.unlink()
+    note.write_text(other)
+    assert images.native_image(store, rt, REF) == first  # pulled again, not image two
+    assert fake_registry.pulled == [DIGEST_1, DIGEST_2, DIGEST_1]
+
+
 def test_a_store_that_cannot_be_written_is_one_line(store: Store,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     import errno
@@ -395,3 +440,21 @@ def test_a_store_that_cannot_be_written_is_one_line(store: Store,
     monkeypatch.setattr(images, "native_image", broken)
     with pytest.raises(OSError, match="I/O error"):  # not the store's permissions: as it is
         api.image_for_run(REF, FakeSif("/x", {}), store=store)
+
+
+def test_a_full_disk_while_copying_says_what_to_do(store: Store, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from venvoy.image import oci
+
+    src = archive(tmp_path / "in.tar", "a")
+
+    def full(*_a: object, **_k: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(oci._ArchiveWriter, "add_layer", full)
+    with pytest.raises(VenvoyError) as err:
+        images.native_image(store, FakeSif("/x", {}), str(src))
+    assert "No space left" in err.value.message and "free space in" in err.value.hint
+    assert not any(store.image_cache.glob("*.tar"))  # nothing half-written left

@@ -672,3 +672,120 @@ def test_base_from_a_registry_is_pulled_once_per_digest(registry: Registry, tmp_
     assert sum(1 for m, p, _a in registry.log if m == "GET" and "/blobs/" in p) == pulls
     with pytest.raises(VenvoyError, match="--offline"):
         bases.resolve_base("3.11", ref, store=tmp_path / "other", runtime=None, offline=True)
+
+
+# -- found by breaking it (issue 9) ------------------------------------------------------
+
+def test_auth_file_that_is_a_fifo_does_not_hang(registry: Registry, tmp_path: Path) -> None:
+    import os
+
+    registry.auth = "basic"
+    fifo = tmp_path / "auth.fifo"
+    os.mkfifo(fifo)  # nobody writes it: a blocking open would wait for ever
+    env = {**registry.env(tmp_path), "REGISTRY_AUTH_FILE": str(fifo)}
+    with pytest.raises(VenvoyError, match="wants credentials"):
+        reg.resolve(reg.parse_reference(f"{registry.host}/x/y:t"), environ=env)
+
+
+def test_redirect_to_plain_http_on_the_same_host_drops_authorization(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[str, str | None]] = []
+
+    class Answer:
+        def __init__(self, status: int, location: str = "") -> None:
+            self.status, self.location = status, location
+
+        def header(self, name: str) -> str:
+            return self.location if name == "Location" else ""
+
+        def close(self) -> None:
+            pass
+
+    def raw(_self: reg.Session, _method: str, url: str, headers: dict[str, str],
+            _body: Any = None) -> Any:
+        sent.append((url, headers.get("Authorization")))
+        if url.startswith("https://"):
+            return Answer(307, "http://ghcr.io/storage/blob")
+        return Answer(200)
+
+    monkeypatch.setattr(reg.Session, "_raw", raw)
+    sess = reg.session(reg.parse_reference("ghcr.io/x/y:t"), environ={"HOME": str(tmp_path)})
+    sess._auth = "Basic c2VjcmV0"
+    sess.request("GET", f"{sess.base_url()}/blobs/sha256:{'a' * 64}")
+    assert sent[0][1] == "Basic c2VjcmV0"
+    assert sent[1] == ("http://ghcr.io/storage/blob", None)
+
+
+def test_trickled_manifest_is_cut_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setattr(reg, "SMALL_READ_SECONDS", 0.5)
+    stop = threading.Event()
+
+    def serve(server: socket.socket) -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100000\r\n\r\n")
+            while not stop.is_set():  # a byte now and then, each well within the timeout
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+                time.sleep(0.02)
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        host = f"127.0.0.1:{server.getsockname()[1]}"
+        thread = threading.Thread(target=serve, args=(server,), daemon=True)
+        thread.start()
+        env = {"HOME": str(tmp_path), "VENVOY_REGISTRY_TIMEOUT": "0.1",
+               "VENVOY_INSECURE_REGISTRIES": host}
+        start = time.monotonic()
+        try:
+            with pytest.raises(VenvoyError, match="did not answer within"):
+                reg.resolve(reg.parse_reference(f"{host}/x/y:t"), environ=env)
+        finally:
+            stop.set()
+        assert time.monotonic() - start < 5
+
+
+def test_plain_http_realm_elsewhere_gets_no_credentials(registry: Registry, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # even when the registry itself is plain HTTP (listed), an unlisted realm is refused
+    sess = reg.session(reg.parse_reference(f"{registry.host}/x/y:t"), environ=registry.env(tmp_path))
+    called: list[str] = []
+    monkeypatch.setattr(reg.Session, "_raw", lambda *a, **_k: called.append(a[2]))
+    with pytest.raises(VenvoyError, match=r"plain HTTP to 127\.0\.0\.2:1"):
+        sess._token("http://127.0.0.2:1/token", None, "repository:x/y:pull", ("u", "p"))
+    assert called == []
+
+
+def test_a_bad_status_line_is_one_printable_line(tmp_path: Path) -> None:
+    def serve(server: socket.socket) -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 999999 \x1b[31mred\r\n\r\n")
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        host = f"127.0.0.1:{server.getsockname()[1]}"
+        threading.Thread(target=serve, args=(server,), daemon=True).start()
+        env = {"HOME": str(tmp_path), "VENVOY_INSECURE_REGISTRIES": host}
+        with pytest.raises(VenvoyError) as err:
+            reg.resolve(reg.parse_reference(f"{host}/x/y:t"), environ=env)
+    assert "999999" in _one_line(err.value) and "\x1b" not in str(err.value)
+
+
+def test_a_hostile_format_annotation_is_quoted(tmp_path: Path) -> None:
+    from venvoy.transport import registry as transport
+
+    pulled = reg.PulledImage(tmp_path / "i.tar", "sha256:" + "a" * 64, "sha256:" + "b" * 64,
+                             {transport.ANNOTATION_FORMAT: "venvoy-registry/9\n\x1b[2Jevil"})
+    with pytest.raises(VenvoyError, match="newer venvoy") as err:
+        transport._environment(pulled, "h.io/x:t")
+    assert "\n" not in str(err.value) and "\x1b" not in str(err.value)

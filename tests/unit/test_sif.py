@@ -156,6 +156,14 @@ def test_dot_dot_refused(tmp_path: Path) -> None:
         flat(tmp_path, [layer(("file", "../evil", "x"))])
 
 
+def test_member_through_a_link_of_its_own_layer_refused(tmp_path: Path) -> None:
+    # sqfstar failed on it with a misleading "check free space" hint
+    with pytest.raises(VenvoyError, match="would be written through the link or file /esc"):
+        flat(tmp_path, [layer(("sym", "esc", "/etc"), ("file", "esc/pwned", "x"))])
+    with pytest.raises(VenvoyError, match="through the link or file /f"):
+        flat(tmp_path, [layer(("file", "f", "x"), ("dir", "f/d"))])
+
+
 def test_reserved_paths_replaced_by_extras(tmp_path: Path) -> None:
     got = flat(tmp_path, [layer(("dir", ".singularity.d"), ("file", ".singularity.d/runscript", "evil"),
                                 ("dir", "tmp"))],

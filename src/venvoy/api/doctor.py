@@ -430,7 +430,10 @@ def kernel_decoders(host: Host) -> tuple[bool, set[str] | None]:
     return has, {name for name, _, opt in COMPRESSORS if f"CONFIG_SQUASHFS_{opt}=y" in config}
 
 
-def check_sif_compression(host: Host, squashfuse: str | None, fuse_ok: bool) -> Check:
+def check_sif_compression(host: Host, squashfuse: str | None, fuse_ok: bool,
+                          chosen: str = SIF_DEFAULT_COMPRESSION) -> Check:
+    """Whether the SIFs venvoy makes here (``chosen``: the compressor, as
+    ``runtime-info`` shows it) can be mounted, by squashfuse or the kernel."""
     fuse_set = binary_decoders(squashfuse) if squashfuse and fuse_ok else set()
     kernel, kset = kernel_decoders(host)
     parts = []
@@ -453,9 +456,8 @@ def check_sif_compression(host: Host, squashfuse: str | None, fuse_ok: bool) -> 
     evidence = "; ".join(parts)
     if unknown:
         evidence += "; could not tell " + " nor ".join(unknown)
-    if SIF_DEFAULT_COMPRESSION in usable:
-        return Check("host", "SIF compression", OK,
-                     f"{evidence}; venvoy's SIFs use {SIF_DEFAULT_COMPRESSION}")
+    if chosen in usable:
+        return Check("host", "SIF compression", OK, f"{evidence}; venvoy's SIFs use {chosen}")
     if unknown:
         return Check("host", "SIF compression", WARN, evidence,
                      "try `apptainer exec IMAGE.sif true`; if it extracts, see the FUSE line")
@@ -980,7 +982,13 @@ def doctor(name: str | None = None, *, runtime: str | None = None, verify: bool 
             check_fuse(host, squashfuse, bool(apptainerish), app_tmp, app_free),
         ]
         if apptainerish:
-            host_checks.append(check_sif_compression(host, squashfuse, fuse_problem(host) is None))
+            from venvoy.runtime.detect import sif_compression_info
+
+            made = (sif_compression_info(adapters) or {}).get("compression", "")
+            # `apptainer build` (no sqfstar here, or asked for) writes gzip.
+            chosen = made if made in {c for c, _, _ in COMPRESSORS} else SIF_DEFAULT_COMPRESSION
+            host_checks.append(check_sif_compression(host, squashfuse, fuse_problem(host) is None,
+                                                     chosen))
         store_checks = [check_store(root, mountinfo)]
         tmp_path = env.get("VENVOY_TMPDIR") or os.path.join(root, "tmp")
         store_checks.append(check_tmp("temporary space", tmp_path,

@@ -67,9 +67,9 @@ class VenvoyEnvironment:
     def submit(self, command: str | Sequence[str], **options: Any) -> Any:
         """Submit a Slurm job running ``command`` in the environment (see
         :func:`venvoy.slurm.submit` for the options); returns its ``Job``."""
-        from venvoy.cluster.submit import SubmitOptions, submit
+        from venvoy.cluster.submit import SubmitOptions, command_argv, submit
 
-        argv = shlex.split(command) if isinstance(command, str) else list(command)
+        argv = command_argv(command)
         options.setdefault("runtime", self.runtime)
         return submit(self.name, argv, SubmitOptions.from_kwargs(options))
 

@@ -133,7 +133,10 @@ def cmd_submit(args: argparse.Namespace, command: list[str]) -> int:
     if args.wait:
         from venvoy.cluster import slurm
 
-        tasks = slurm.poll(job.id, environ=job.environ)
+        try:
+            tasks = slurm.poll(job.id, environ=job.environ)
+        except KeyboardInterrupt:
+            return stopped_waiting(job.id)
         if args.json:
             print(json.dumps(job.as_dict(tasks), indent=2))
         return slurm.worst_status(tasks)
@@ -165,11 +168,12 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     for r in rows:
         ts = r.get("tasks", [])
         codes = ",".join(f"{t['task']}:{t['exit_code']}" if t["task"] else str(t["exit_code"])
-                         for t in ts if t["exit_code"] is not None and not t["task"].startswith("["))
+                         for t in ts if t["exit_code"] is not None and t["state"] in slurm.TERMINAL
+                         and not t["task"].startswith("["))
         elapsed = max((t["elapsed"] for t in ts), default="")
         from venvoy.cluster.script import comment
 
-        print(f"{r['id']:<10}{comment(r['environment'])[:21]:<22}{r['state']:<12}"
+        print(f"{r['id']:<10}{comment(str(r.get('environment', '')))[:21]:<22}{r['state']:<12}"
               f"{r.get('array_tasks') or 1:<8}{(codes or '-')[:23]:<24}{elapsed}")
     return 0
 
@@ -183,7 +187,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
             sys.stdout.write(text)
             sys.stdout.flush()
 
-        job.follow(args.task, write)
+        try:
+            job.follow(args.task, write)
+        except KeyboardInterrupt:
+            return stopped_waiting(job.id)
         return 0
     sys.stdout.write(job.logs(args.task, error=args.error))
     return 0
@@ -197,10 +204,21 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def stopped_waiting(job_id: str) -> int:
+    """After Ctrl-C while waiting: the job itself goes on (130, as the shell's)."""
+    print(f"\nvenvoy: stopped waiting; job {job_id} goes on (see `venvoy jobs`; stop it with "
+          f"`venvoy cancel {job_id}`)", file=sys.stderr)
+    return 130
+
+
 def cmd_wait(args: argparse.Namespace) -> int:
     from venvoy.cluster import jobs
 
-    return jobs.load(args.job_id).wait(timeout=args.timeout)
+    job = jobs.load(args.job_id)
+    try:
+        return job.wait(timeout=args.timeout)
+    except KeyboardInterrupt:
+        return stopped_waiting(job.id)
 
 
 def dispatch(args: argparse.Namespace, command: list[str] | None) -> int:

@@ -10,10 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from venvoy.cluster import slurm
 from venvoy.core.errors import BadRequest, NotFound, VenvoyError
@@ -74,6 +75,18 @@ class Job:
             raise BadRequest(f"job {self.id} is an array of {array} tasks", "say which with --task N")
         if task is not None and not array:
             raise BadRequest(f"job {self.id} is not an array", "leave out --task")
+        if task is not None and not 0 <= task <= slurm.MAX_ARRAY_INDEX:
+            raise BadRequest(f"no array task {task}", f"give a task ID from 0 to "
+                             f"{slurm.MAX_ARRAY_INDEX} (see `venvoy jobs`)")
+        spec_text = self.record.get("array")
+        if task is not None and isinstance(spec_text, str) and spec_text:
+            try:
+                spec = slurm.parse_array(spec_text)
+            except BadRequest:
+                spec = None
+            if spec is not None and task not in spec:
+                raise BadRequest(f"job {self.id} has no array task {task} (its tasks: "
+                                 f"{spec_text.split('%')[0]})", "give one of its task IDs")
         path = expand_pattern(pattern, self.id, task, str(self.record.get("job_name", "")),
                               str(self.record.get("user", "")))
         return Path(self.record.get("cwd", "/"), path)
@@ -82,7 +95,7 @@ class Job:
         """The output (or ``error``) file's text so far (its last ``limit`` bytes)."""
         path = self.log_path(task, error=error)
         try:
-            with open(path, "rb") as fh:
+            with open_log(path) as fh:
                 size = os.fstat(fh.fileno()).st_size
                 if size > limit:
                     fh.seek(size - limit)
@@ -102,11 +115,13 @@ class Job:
             tasks = self.tasks()
             finished = slurm.all_done(tasks) or not tasks
             try:
-                with open(path, "rb") as fh:
+                with open_log(path) as fh:
                     fh.seek(offset)
                     data = fh.read(1 << 20)
             except FileNotFoundError:
                 data = b""
+            except OSError as exc:
+                raise VenvoyError(f"cannot read {path}: {exc.strerror or exc}") from None
             if data:
                 offset += len(data)
                 write(data.decode(errors="replace"))
@@ -123,6 +138,18 @@ class Job:
             rec["state"] = summarize(tasks)
             rec["tasks"] = [t.as_dict() for t in tasks]
         return rec
+
+
+def open_log(path: Path) -> BinaryIO:
+    """An output file, opened for reading: a regular file of this user's (Slurm writes
+    a job's output as its user), never a FIFO or device that a damaged record names."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid():
+        os.close(fd)
+        raise BadRequest(f"{path} is not a job output file of yours (not a regular file owned "
+                         "by you)", "check the job's record (`venvoy jobs --json`)")
+    return open(fd, "rb")
 
 
 def summarize(tasks: list[slurm.TaskState]) -> str:
@@ -169,19 +196,37 @@ def load(job_id: str, store: Store | None = None) -> Job:
     store = store or Store()
     slurm.check_job_id(job_id)
     path = store.jobs / f"{job_id}.json"
+    raw = b""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_RECORD + 1)
+        # never through a link, never waiting on a FIFO; a regular file only
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with open(fd, "rb") as fh:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                raw = fh.read(MAX_RECORD + 1)
     except FileNotFoundError:
         raise NotFound(f"job {job_id} was not submitted with venvoy (from this store)",
                        "see `venvoy jobs`; for other jobs use squeue and sacct") from None
+    except OSError:
+        raw = b""
     try:
-        record = json.loads(raw) if len(raw) <= MAX_RECORD else None
+        record = json.loads(raw) if raw and len(raw) <= MAX_RECORD else None
     except ValueError:
         record = None
-    if not isinstance(record, dict) or str(record.get("id")) != job_id or "script" not in record:
+    if not isinstance(record, dict) or not valid_record(record, job_id):
         raise VenvoyError(f"the record {path} is damaged", "remove it")
     return Job(record, store)
+
+
+def valid_record(record: dict[str, Any], job_id: str) -> bool:
+    """The fields venvoy reads back have their types (a hand-edited record has not)."""
+    strings = ("script", "output")
+    optional = ("error", "job_name", "user", "environment", "cwd")
+    array = record.get("array_tasks", 0)
+    return (str(record.get("id")) == job_id
+            and all(isinstance(record.get(k), str) for k in strings)
+            and all(isinstance(record.get(k, ""), str) for k in optional)
+            and os.path.isabs(str(record.get("cwd", "/")))
+            and isinstance(array, int) and not isinstance(array, bool) and array >= 0)
 
 
 def list_jobs(store: Store | None = None, limit: int = 200) -> list[Job]:

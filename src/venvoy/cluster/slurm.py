@@ -16,7 +16,7 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from venvoy.core.errors import BadRequest, NotFound, RuntimeFailed, VenvoyError
 
@@ -80,6 +80,10 @@ class ArraySpec:
     count: int          # how many task IDs (0: only a throttle)
     last: int           # the largest task ID (-1: none)
     throttle: int | None
+    ranges: list[range] = field(default_factory=list)
+
+    def __contains__(self, task: object) -> bool:
+        return isinstance(task, int) and any(task in r for r in self.ranges)
 
 
 def parse_array(text: str) -> ArraySpec:
@@ -106,7 +110,7 @@ def parse_array(text: str) -> ArraySpec:
     if total <= 1_000_000:  # overlapping ranges name a task once
         total = len(set().union(*ranges)) if ranges else 0
     last = max((r[-1] for r in ranges), default=-1)
-    return ArraySpec(text, total, last, throttle)
+    return ArraySpec(text, total, last, throttle, ranges)
 
 
 def comment_of(text: str) -> str:
@@ -145,7 +149,13 @@ def submit(argv: Sequence[str], script: str, *, cwd: str | None = None,
                             "submitted")
     job_id = proc.stdout.strip().split(";")[0]
     if not JOB_ID_RE.match(job_id):
-        raise RuntimeFailed(f"sbatch printed no job ID: {last_line(proc.stdout[:4096])}")
+        # a site's sbatch wrapper that drops --parsable still says which job it made
+        m = re.search(r"^Submitted batch job ([0-9]{1,12})\b", proc.stdout, re.M)
+        if m is None:
+            raise RuntimeFailed(f"sbatch printed no job ID: {last_line(proc.stdout[:4096])}",
+                                "sbatch succeeded, so a job may have been submitted: look with "
+                                "`squeue --me` and cancel it with scancel")
+        job_id = m.group(1)
     return job_id
 
 
@@ -195,8 +205,12 @@ class TaskState:
 
 
 def parse_exit(text: str) -> tuple[int | None, int | None]:
+    """``CODE:SIGNAL`` as Slurm prints it; out of range (an exit status is 0-255, a
+    signal 0-127) is unknown, never a status that wraps around to 0."""
     m = re.match(r"^([0-9]{1,3}):([0-9]{1,3})$", text.strip())
-    return (int(m.group(1)), int(m.group(2))) if m else (None, None)
+    if not m or int(m.group(1)) > 255 or int(m.group(2)) > 127:
+        return (None, None)
+    return (int(m.group(1)), int(m.group(2)))
 
 
 SACCT_FIELDS = "JobID,State,ExitCode,Elapsed,NodeList,Submit"

@@ -13,13 +13,15 @@ runtime's form of the image is made (once, under the store's lock, as
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import stat
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from venvoy.cluster import jobs, slurm
-from venvoy.cluster.script import JobScript, render
+from venvoy.cluster.script import JobScript, comment, render
 from venvoy.core.errors import BadRequest, VenvoyError
 from venvoy.store.layout import Store
 
@@ -99,6 +101,43 @@ class SubmitOptions:
     allow_docker: bool = False
     dry_run: bool = False
 
+    def __post_init__(self) -> None:
+        """From Python, a value may come as a number or, for a list, as one string:
+        taken as the command line would give it (never a string's characters one by one)."""
+        for attr in (*SBATCH_OPTIONS, "runtime", "workdir", "gpu", "image", "array_file",
+                     "launcher", "mpi"):
+            value = getattr(self, attr)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, attr, str(value))
+            elif isinstance(value, os.PathLike):
+                setattr(self, attr, os.fspath(value))
+            elif value is not None and not isinstance(value, str):
+                raise BadRequest(f"submit option {attr} must be a string, not "
+                                 f"{type(value).__name__}", f"e.g. {attr}=\"...\"")
+        for attr in ("sbatch_args", "mounts", "env_pass", "prologue"):
+            value = getattr(self, attr)
+            if isinstance(value, (str, os.PathLike)):
+                value = [value]
+            if value is None and attr == "prologue":
+                continue
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, (str, os.PathLike)) for v in value):
+                raise BadRequest(f"submit option {attr} must be a list of strings",
+                                 f"e.g. {attr}=[\"...\"]")
+            setattr(self, attr, [os.fspath(v) for v in value])
+        if not isinstance(self.env, Mapping):
+            self.env = [self.env] if isinstance(self.env, str) else self.env
+            if not isinstance(self.env, (list, tuple)) or not all(
+                    isinstance(v, str) for v in self.env):
+                raise BadRequest("submit option env must be a dict or a list of NAME=VALUE",
+                                 "e.g. env={\"OMP_NUM_THREADS\": \"4\"}")
+            self.env = list(self.env)
+        else:
+            if not all(isinstance(k, str) and v is not None for k, v in self.env.items()):
+                raise BadRequest("submit option env must map names to values",
+                                 "e.g. env={\"OMP_NUM_THREADS\": \"4\"}")
+            self.env = {k: v if isinstance(v, str) else str(v) for k, v in self.env.items()}
+
     @classmethod
     def from_kwargs(cls, options: Mapping[str, Any]) -> SubmitOptions:
         known = set(cls.__dataclass_fields__)
@@ -108,6 +147,21 @@ class SubmitOptions:
                              "see `venvoy submit --help` (options by their sbatch names, "
                              "with _ for -)")
         return cls(**dict(options))
+
+
+def command_argv(cmd: object) -> list[str]:
+    """The Python API's command: a string split as a shell would (never evaluated), or
+    a sequence of strings (or paths)."""
+    if isinstance(cmd, str):
+        try:
+            return shlex.split(cmd)
+        except ValueError as exc:
+            raise BadRequest(f"cannot split the command {cmd[:80]!r}: {exc}",
+                             "quote it as a shell would, or give a list of words") from None
+    if isinstance(cmd, Sequence) and all(isinstance(w, (str, os.PathLike)) for w in cmd):
+        return [os.fspath(w) for w in cmd]
+    raise BadRequest(f"the command must be a string or a list of strings, not "
+                     f"{type(cmd).__name__}", "e.g. [\"python3\", \"task.py\"]")
 
 
 def site_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -135,6 +189,47 @@ def site_defaults(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return out
 
 
+#: sbatch options venvoy sets or relies on (its record, `venvoy logs`, the script's
+#: environment), refused in --sbatch-arg: option -> what to do instead.
+RESERVED_SBATCH = {
+    "--wrap": "leave it out: venvoy writes the script",
+    "--parsable": "leave it out: venvoy reads the job ID",
+    "--export-file": "use --env or --env-pass",
+    "--export": "use --env or --env-pass (the script passes the container an allow-list)",
+    "--output": "use venvoy submit --output", "--error": "use venvoy submit --error",
+    "--job-name": "use venvoy submit --job-name", "--array": "use venvoy submit --array",
+    "--chdir": "cd to the directory before venvoy submit (its output files are found from there)",
+    "--wait": "use venvoy submit --wait",
+    "--test-only": "use venvoy submit --dry-run",
+    "--clusters": "venvoy follows jobs of this cluster: submit on the other cluster's login node",
+}
+#: their short forms, and sbatch's short options that take no argument (a cluster
+#: such as -Oo/etc/x is -O -o /etc/x).
+RESERVED_SHORT = {"o": "--output", "e": "--error", "J": "--job-name", "a": "--array",
+                  "D": "--chdir", "W": "--wait", "M": "--clusters"}
+SHORT_FLAGS = set("hHOQsvVW")
+
+
+def reserved_sbatch_option(arg: str) -> str | None:
+    """The reserved option ``arg`` sets (sbatch takes any unambiguous prefix of a long
+    option, and clusters of short ones), or None."""
+    if arg.startswith("--"):
+        name = arg.split("=")[0]
+        if name in RESERVED_SBATCH:
+            return name
+        if len(name) > 2:
+            for option in RESERVED_SBATCH:
+                if option.startswith(name):
+                    return option
+        return None
+    for char in arg[1:]:
+        if char in RESERVED_SHORT:
+            return RESERVED_SHORT[char]
+        if char not in SHORT_FLAGS:
+            break
+    return None
+
+
 def check_value(option: str, value: str) -> str:
     if not value or "\n" in value or "\0" in value or not value.isprintable():
         raise BadRequest(f"bad {option} {value[:80]!r}",
@@ -142,10 +237,15 @@ def check_value(option: str, value: str) -> str:
     return value
 
 
-def read_array_file(path: str) -> list[list[str]]:
+def read_array_file(path: str, max_lines: int | None = None) -> list[list[str]]:
     """One task per line; a line's words split as a shell would (never evaluated)."""
     try:
-        with open(path, "rb") as fh:
+        # O_NONBLOCK: a FIFO (or a device) is refused below, never waited on
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise BadRequest(f"--array-file {path} is not a regular file",
+                                 "give a text file with one task's arguments a line")
             raw = fh.read(MAX_ARRAY_FILE_BYTES + 1)
     except OSError as exc:
         raise BadRequest(f"cannot read --array-file {path}: {exc.strerror or exc}",
@@ -157,11 +257,20 @@ def read_array_file(path: str) -> list[list[str]]:
         text = raw.decode()
     except UnicodeDecodeError:
         raise BadRequest(f"--array-file {path} is not UTF-8 text", "save it as UTF-8") from None
+    if "\0" in text:
+        raise BadRequest(f"--array-file {path} holds a NUL character", "save it as text")
+    lines = text.splitlines()
+    if max_lines is not None and len(lines) > max_lines:
+        raise BadRequest(f"array too large: {len(lines)} lines in --array-file, and this "
+                         f"cluster's MaxArraySize is {max_lines}", "split the work into several jobs")
     tasks = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             raise BadRequest(f"--array-file {path}: line {number} is empty",
                              "give one task a line (an empty task would run CMD alone)")
+        if not any(c in line for c in "'\"\\"):  # no quoting: shlex's split, fast
+            tasks.append([w for w in re.split(r"[ \t\r\n]+", line) if w])
+            continue
         try:
             tasks.append(shlex.split(line, comments=False, posix=True))
         except ValueError as exc:
@@ -222,12 +331,21 @@ def plan(name: str | None, cmd: Sequence[str], opts: SubmitOptions, *,
         if not arg.startswith("-"):
             raise BadRequest(f"bad --sbatch-arg {arg[:80]!r}",
                              "give one sbatch option, e.g. --sbatch-arg=--exclusive")
-        if arg.split("=")[0] in ("--wrap", "--parsable", "--export-file"):
-            raise BadRequest(f"--sbatch-arg {arg.split('=')[0]} is venvoy's own",
-                             "leave it out: venvoy writes the script")
+        reserved = reserved_sbatch_option(arg)
+        if reserved is not None:
+            raise BadRequest(f"--sbatch-arg {comment(arg[:80])} sets {reserved}, which venvoy "
+                             "sets itself", RESERVED_SBATCH[reserved])
     for line in prologue:
         if "\n" in line or "\0" in line:
-            raise BadRequest("a prologue line holds a newline", "give one line per entry")
+            raise BadRequest("a prologue line holds a newline or NUL", "give one line per entry")
+    # bash cannot run a script holding a NUL byte: refused here, not on the nodes
+    env_values = list(opts.env.values()) if isinstance(opts.env, Mapping) else list(opts.env)
+    for what, values in (("the command", list(cmd)), ("--env", env_values),
+                         ("--mount", opts.mounts), ("--workdir", [opts.workdir or ""]),
+                         ("--image", [opts.image or ""])):
+        if any("\0" in str(v) for v in values):
+            raise BadRequest(f"{what} holds a NUL character", "a job script cannot carry it; "
+                             "leave it out")
     # -- arrays
     array_args: dict[int, list[str]] | None = None
     spec = slurm.parse_array(opts.array) if opts.array is not None else None
@@ -235,7 +353,9 @@ def plan(name: str | None, cmd: Sequence[str], opts: SubmitOptions, *,
         if spec is not None and spec.count:
             raise BadRequest("--array-file gives the tasks; --array may then only be %N",
                              "drop the range from --array (keep %N to limit tasks at once)")
-        lines = read_array_file(opts.array_file)
+        # the cluster's limit first, so a huge file's lines are counted, not parsed
+        limit = slurm.max_array_size(environ) if _has("scontrol", environ) else None
+        lines = read_array_file(opts.array_file, max_lines=limit)
         array_args = dict(enumerate(lines))
         text = f"0-{len(lines) - 1}" + (f"%{spec.throttle}" if spec and spec.throttle else "")
         spec = slurm.parse_array(text)
@@ -308,7 +428,8 @@ def plan(name: str | None, cmd: Sequence[str], opts: SubmitOptions, *,
     penv = inv.env if inv is not None else rt.process_env(req)
     frozen = sorted((k, v) for k, v in penv.items() if rt.environ.get(k) != v)
     # -- sbatch's argv
-    env_label = name or os.path.basename(req.image)
+    # an image's file name may hold anything: shown escaped in Slurm's job name and comment
+    env_label = name or comment(os.path.basename(req.image))
     job_name = opts.job_name or f"venvoy-{env_label}"[:120]
     user = _user()
     output = opts.output or ("slurm-%A_%a.out" if spec is not None else "slurm-%j.out")
@@ -345,6 +466,7 @@ def plan(name: str | None, cmd: Sequence[str], opts: SubmitOptions, *,
         "image": req.image, "command": list(cmd), "job_name": job_name, "user": user,
         "cwd": os.getcwd(), "output": output, "error": opts.error or output,
         "array_tasks": spec.count if spec is not None else 0,
+        "array": spec.text if spec is not None else "",
         "sbatch": ["sbatch", *sb[1:]], "script": script,
     }
     return Plan(sb, script, record)
@@ -388,4 +510,4 @@ def submit(name: str | None, cmd: Sequence[str], opts: SubmitOptions | None = No
 
 
 __all__ = ["CONFIG_KEYS", "LAUNCHERS", "MPI_TYPES", "SBATCH_OPTIONS", "Plan", "SubmitOptions",
-           "plan", "read_array_file", "site_defaults", "submit"]
+           "command_argv", "plan", "read_array_file", "site_defaults", "submit"]

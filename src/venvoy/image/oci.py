@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
+import errno
 import hashlib
 import io
 import json
@@ -696,7 +697,11 @@ def _write_image(out: Path, layer_sources: Iterator[tuple[_Readable, str | None]
             writer.close()
         _publish(tmp, out)
     except decompress_errors() as exc:
-        raise VenvoyError(f"cannot write image archive {out}: {exc}") from None
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        raise VenvoyError(f"cannot write image archive {out}: {exc}",
+                          f"free space in {out.parent}, or set VENVOY_HOME to a larger disk"
+                          if full else "check that the source image is whole, then try again"
+                          ) from None
     finally:
         tmp.unlink(missing_ok=True)
     return ImageInfo(f"sha256:{hexdigest}", tuple(diff_ids), config, tuple(tags))

@@ -57,6 +57,7 @@ import re
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import tarfile
 import time
@@ -85,6 +86,8 @@ MAX_SMALL = 64 << 10
 #: The most one blob may hold (VENVOY_REGISTRY_MAX_BLOB overrides).
 MAX_BLOB = 64 << 30
 DEFAULT_TIMEOUT = 30.0
+#: The least time a small answer (manifest, token, error) may take in all, trickled or not.
+SMALL_READ_SECONDS = 60.0
 ATTEMPTS = 3
 MAX_REDIRECTS = 5
 _CHUNK = 1 << 20
@@ -216,8 +219,14 @@ def auth_files(environ: Mapping[str, str] | None = None) -> list[Path]:
 
 
 def _read_json_file(path: Path, limit: int = 1 << 20) -> Any:
+    try:  # without blocking: a FIFO (or a device) there must not hang venvoy
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
     try:
-        with open(path, "rb") as fh:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                return None  # not a file: as absent
             raw = fh.read(limit + 1)
     except OSError:
         return None
@@ -428,15 +437,25 @@ class _Response:
         if length and length.isdigit() and int(length) > limit:
             raise DamagedError(f"registry answer for {what} is {int(length)} bytes, more than "
                                f"{limit} allowed", "is this really an OCI registry?")
+        # Piece by piece under one deadline: a server that trickles a byte at a time
+        # (each within the timeout) must not hold venvoy forever.
+        deadline = time.monotonic() + max(4 * self.session.timeout, SMALL_READ_SECONDS)
+        data = bytearray()
         try:
-            data = self.resp.read(limit + 1)
+            while len(data) <= limit:
+                chunk = self.resp.read1(min(_CHUNK, limit + 1 - len(data)))
+                if not chunk:
+                    break
+                data += chunk
+                if time.monotonic() > deadline and len(data) <= limit:
+                    raise TimeoutError
         except (OSError, http.client.HTTPException) as exc:
             raise self.session.network_error(exc, urllib.parse.urlsplit(self.url).hostname or "?",
                                               0) from None
         if len(data) > limit:
             raise DamagedError(f"registry answer for {what} is larger than {limit} bytes",
                                "is this really an OCI registry?")
-        return data
+        return bytes(data)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -547,6 +566,8 @@ class Session:
                                "check the registry name, DNS, or set HTTPS_PROXY")
         if isinstance(exc, (ConnectionError, http.client.HTTPException, OSError)):
             reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            # the server's own words (a bad status line): one printable line, bounded
+            reason = "".join(c for c in " ".join(str(reason).split()) if c.isprintable())[:160]
             if isinstance(exc, OSError) and exc.errno == errno.ECONNREFUSED:
                 reason = "connection refused"
             return VenvoyError(f"cannot reach {where}: {reason}",
@@ -588,8 +609,7 @@ class Session:
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise DamagedError(f"registry {self.ref.host} names a bad token realm {realm[:120]!r}",
                                "is this really an OCI registry?")
-        if parts.scheme == "http" and not _insecure(parts.netloc, self.environ) \
-                and self.scheme == "https":
+        if parts.scheme == "http" and not _insecure(parts.netloc, self.environ):
             raise VenvoyError(f"registry {self.ref.host} asks to send credentials over plain "
                               f"HTTP to {parts.netloc}", "list it in VENVOY_INSECURE_REGISTRIES "
                               "only if you trust the network")
@@ -642,16 +662,20 @@ class Session:
                 body: Callable[[], Any] | None = None, *, follow: bool = True) -> _Response:
         """One request with auth, retries (5xx, 429) and redirects; the caller closes it."""
         headers = dict(headers or {})
-        origin = urllib.parse.urlsplit(url).netloc
+        def where(address: str) -> tuple[str, str]:  # https -> http is another place
+            parts = urllib.parse.urlsplit(address)
+            return parts.scheme, parts.netloc
+
+        origin = where(url)
         redirects = 0
         attempt = 0
         tried_auth = 0
         while True:
             send = dict(headers)
-            if self._auth and urllib.parse.urlsplit(url).netloc == origin:
+            if self._auth and where(url) == origin:
                 send["Authorization"] = self._auth
             resp = self._raw(method, url, send, body() if body is not None else None)
-            if resp.status == 401 and urllib.parse.urlsplit(url).netloc == origin and tried_auth < 2:
+            if resp.status == 401 and where(url) == origin and tried_auth < 2:
                 challenge = resp.header("WWW-Authenticate")
                 resp.close()
                 tried_auth += 1
@@ -1096,7 +1120,7 @@ def push_archive(archive: Path, ref: Reference, *, environ: Mapping[str, str] | 
         echoed = resp.header("Docker-Content-Digest")
         resp.close()
         if echoed and echoed != digest:
-            raise DamagedError(f"registry {ref.host} stored the manifest as {echoed[:80]}, not "
+            raise DamagedError(f"registry {ref.host} stored the manifest as {echoed[:80]!r}, not "
                                f"{digest}", "the registry altered it")
         return digest
     finally:

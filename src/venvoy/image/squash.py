@@ -185,11 +185,14 @@ class Flattener:
             return
         if not member.isdir() and path in self.implied:
             return  # a lower non-directory where an upper layer has a directory's entries
-        self.emitted[path] = (self.layer, member.isdir())
         cut = path.rfind("/")
         while cut > 0 and (head := path[:cut]) not in self.implied:
+            if not self.emitted.get(head, (0, True))[1]:  # this layer's file or link
+                raise VenvoyError(f"image layer member {path[:200]!r} would be written through "
+                                  f"the link or file /{head[:200]}", _HINT)
             self.implied.add(head)
             cut = path.rfind("/", 0, cut)
+        self.emitted[path] = (self.layer, member.isdir())
         if member.isdir():
             self.write(tar_header(path, b"5", mode=member.mode, uid=member.uid, gid=member.gid,
                                   mtime=member.mtime))

@@ -121,12 +121,32 @@ def classify(runtime: Runtime, image: str) -> str:
     if "://" in image:
         return AS_IS
     if os.path.lexists(image):
-        return ARCHIVE if os.path.isfile(image) and is_image_archive(image) else AS_IS
+        if os.path.isfile(image):
+            return ARCHIVE if is_image_archive(image) else AS_IS
+        _refuse_special(image)
+        return AS_IS
     if is_path_like(image):
         return AS_IS  # no such file: the runtime's own check says so, in one line
     if names_a_registry(image):
         return REGISTRY
     return AS_IS if runtime.image_kind is ImageForm.REF else LOCAL
+
+
+def _refuse_special(path: str) -> None:
+    """A FIFO, socket or character device is no image: say so, rather than let the
+    runtime block on opening it (Apptainer waits on a FIFO for ever)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # a dangling link: the runtime's own check says so
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode):
+        from venvoy.core.errors import BadRequest
+
+        raise BadRequest(f"--image {path[:200]!r} is a FIFO, socket or device, not an image",
+                         "give a .sif, an image directory, a Docker/OCI archive tar or an "
+                         "image name")
 
 
 # -- the entry point ------------------------------------------------------------------------
@@ -140,11 +160,26 @@ def native_image(store: Store, runtime: Runtime, image: str, *,
     kind = classify(runtime, image)
     if kind == AS_IS:
         return image
-    found = source_image(store, runtime, image, kind, progress=progress)
-    if isinstance(found, str):
-        return found
-    archive, image_id = found
-    return ensure_native(store, runtime, archive, image_id, IMAGE_REPOSITORY, progress)
+    from venvoy.core.errors import VenvoyError
+
+    for attempt in range(2):
+        found = source_image(store, runtime, image, kind, progress=progress)
+        if isinstance(found, str):
+            return found
+        archive, image_id = found
+        try:
+            return ensure_native(store, runtime, archive, image_id, IMAGE_REPOSITORY, progress)
+        except VenvoyError as exc:
+            # The cached archive itself is damaged (truncated, altered on disk): it is
+            # only a cache, so it goes and is made again, once, instead of failing for ever.
+            where = f"image archive {archive} is "
+            if attempt or archive.parent != store.image_cache or not exc.message.startswith(
+                    (where + "truncated", where + "damaged")):
+                raise
+            if progress:
+                progress(f"the cached {archive.name} is damaged: fetching it again")
+            archive.unlink(missing_ok=True)
+    raise AssertionError("unreachable")
 
 
 def planned_image(store: Store, runtime: Runtime, image: str) -> str:
@@ -187,7 +222,7 @@ def known_image_id(store: Store, runtime: Runtime, image: str, kind: str) -> str
             return read_note(store, store_note(*found)) if found else None
         ref = parse(image)
         digest = ref.digest or last_digest(store, ref)
-        return read_note(store, digest_note(digest)) if digest else None
+        return read_note(store, digest_note(digest), digest) if digest else None
     except VenvoyError:
         return None
 
@@ -220,11 +255,14 @@ def read_words(store: Store, name: str) -> list[str] | None:
     return read_image_file(str(store.image_cache / name))
 
 
-def read_note(store: Store, name: str) -> str | None:
-    """The image ID a note records, if the note is sound and its archive is there."""
+def read_note(store: Store, name: str, source: str | None = None) -> str | None:
+    """The image ID a note records, if the note is sound (and records ``source``,
+    when given: a manifest digest) and its archive is there."""
     words = read_words(store, name)
     if not words or not is_image_id(words[0]):
         return None
+    if source is not None and words[1:] != [source]:
+        return None  # altered, or another digest's: pulled again
     return words[0] if archive_path(store, words[0]).is_file() else None
 
 
@@ -462,7 +500,7 @@ def from_registry(store: Store, runtime: Runtime, image: str, *,
             digest = registry.resolve(ref, environ=store.environ)
         except VenvoyError as exc:
             cached = last_digest(store, ref)
-            image_id = read_note(store, digest_note(cached)) if cached else None
+            image_id = read_note(store, digest_note(cached), cached) if cached else None
             if cached is None or image_id is None:
                 local = local_fallback(store, runtime, image, exc)
                 if local is None:
@@ -516,7 +554,7 @@ def pull_digest(store: Store, ref: Reference, digest: str, *,
                                f"{digest}", "try again; if it persists, the registry is broken")
         return pulled.image_id
 
-    return bring_in(store, f"image-pull-{note}", lambda: read_note(store, note), pull,
+    return bring_in(store, f"image-pull-{note}", lambda: read_note(store, note, digest), pull,
                     what="pull", source=f"{ref.canonical()}@{digest}", progress=progress,
                     message=f"pulling {ref.canonical()} ({digest[:19]})", note=(note, digest))
 

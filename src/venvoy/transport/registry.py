@@ -121,7 +121,7 @@ def _environment(pulled: reg.PulledImage, where: str) -> tuple[dict[str, Any], s
     if notes.get(ANNOTATION_FORMAT) != REGISTRY_FORMAT:
         fmt = notes.get(ANNOTATION_FORMAT)
         if fmt and fmt.startswith("venvoy-registry/"):
-            raise VenvoyError(f"{where} was pushed by a newer venvoy ({fmt[:40]}); this venvoy "
+            raise VenvoyError(f"{where} was pushed by a newer venvoy ({fmt[:40]!r}); this venvoy "
                               f"({__version__}) reads {REGISTRY_FORMAT}", "upgrade venvoy")
         raise VenvoyError(f"{where} is not a venvoy environment (no {ANNOTATION_FORMAT} "
                           "annotation)", _NOT_VENVOY)
