@@ -129,8 +129,10 @@ def test_one_task_wait_passes_exit_codes_and_prepares_once(site: Site) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(site.conversions()) == before + 1  # nothing made again
     # sacct alone tells what ran: a readable name (the comment too where the site stores it)
+    # (slurmdbd records a job a moment after it ends: poll; IDs reused: the latest)
+    site.cluster.wait_job(job_id)
     got = site.cluster.run(["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "Submit,JobName"])
-    assert max(got.stdout.split()).split("|")[1] == f"venvoy-{ENV}"  # (IDs reused: the latest)
+    assert max(got.stdout.split()).split("|")[1] == f"venvoy-{ENV}", got.stdout
 
 
 # -- arrays ------------------------------------------------------------------------------------

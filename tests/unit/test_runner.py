@@ -37,6 +37,8 @@ def test_exec_run_execs_non_wrapping_runtimes(tmp_path: Path, monkeypatch) -> No
     assert seen["path"] == "/usr/bin/apptainer"
     assert seen["argv"] == app.run_argv(req)
     assert seen["env"]["APPTAINERENV_A"] == "\\$x"
+    # The exec failed (here: faked): venvoy's own SIGPIPE handling is back.
+    assert signal.getsignal(signal.SIGPIPE) == signal.SIG_IGN
 
 
 def docker_script(tmp_path: Path, body: str) -> Docker:

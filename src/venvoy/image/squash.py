@@ -335,11 +335,17 @@ def takes_levels(sqfstar: str) -> bool:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="venvoy-sqfstar-") as tmp:
+        # The empty tar comes from a file, not a pipe: an sqfstar that refuses
+        # the option exits without reading it (no write to a closed pipe).
+        empty = os.path.join(tmp, "empty.tar")
+        with open(empty, "wb") as fh:
+            fh.write(bytes(2 * BLOCK))
         try:
-            proc = subprocess.run([sqfstar, "-comp", "zstd", "-Xcompression-level", "3",
-                                   "-quiet", "-no-progress", "-processors", "1",
-                                   os.path.join(tmp, "probe.sqfs")],
-                                  input=bytes(2 * BLOCK), capture_output=True, timeout=60)
+            with open(empty, "rb") as stdin:
+                proc = subprocess.run([sqfstar, "-comp", "zstd", "-Xcompression-level", "3",
+                                       "-quiet", "-no-progress", "-processors", "1",
+                                       os.path.join(tmp, "probe.sqfs")],
+                                      stdin=stdin, capture_output=True, timeout=60)
         except (OSError, subprocess.SubprocessError):
             return False
     return proc.returncode == 0

@@ -41,9 +41,15 @@ def exec_run(runtime: Runtime, req: RunRequest) -> NoReturn:
     if not runtime.wraps:
         sys.stdout.flush()
         sys.stderr.flush()
-        for sig in RESTORED:  # Python ignores SIGPIPE; the runtime must not inherit that
-            signal.signal(sig, signal.SIG_DFL)
-        os.execve(inv.argv[0], inv.argv, inv.env)
+        # Python ignores SIGPIPE; the runtime must not inherit that. If the exec
+        # fails, venvoy goes on (one error line): its own handlers come back.
+        saved = [(sig, signal.signal(sig, signal.SIG_DFL)) for sig in RESTORED]
+        try:
+            os.execve(inv.argv[0], inv.argv, inv.env)
+        except BaseException:
+            for sig, handler in saved:
+                signal.signal(sig, handler)
+            raise
     sys.exit(_spawn_and_wait(runtime, req, inv.argv, inv.env))
 
 
