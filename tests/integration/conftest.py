@@ -265,3 +265,20 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             c = counts.get(t.id, {})
             parts = ", ".join(f"{n} {k}" for k, n in c.items()) or "none ran"
             terminalreporter.write_line(f"{t.id:<20} {parts}")
+    # And per area (one file each): registry, images, SIF, Slurm, MPI... ran for real.
+    areas: dict[str, dict[str, int]] = {}
+    for outcome in ("passed", "failed", "skipped", "error"):
+        for report in terminalreporter.stats.get(outcome, []):
+            nodeid = getattr(report, "nodeid", "")
+            if not nodeid.startswith("tests/integration/") or getattr(report, "when", "call") \
+                    not in ("call", "setup") or (outcome == "passed" and report.when != "call"):
+                continue
+            area = nodeid.split("::", 1)[0].rsplit("/", 1)[-1].removeprefix("test_")
+            area = area.removesuffix("_real.py").removesuffix(".py")
+            areas.setdefault(area, {}).setdefault(outcome, 0)
+            areas[area][outcome] += 1
+    if areas:
+        terminalreporter.section("integration tests per area")
+        for area in sorted(areas):
+            parts = ", ".join(f"{n} {k}" for k, n in areas[area].items())
+            terminalreporter.write_line(f"{area:<20} {parts}")

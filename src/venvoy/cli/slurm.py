@@ -200,7 +200,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from venvoy.cluster import jobs
 
     jobs.load(args.job_id).cancel()
-    print(f"venvoy: cancelled job {args.job_id}", file=sys.stderr)
+    # scancel says nothing about a job that had already ended: neither do we claim it.
+    print(f"venvoy: asked Slurm to cancel job {args.job_id} (`venvoy wait {args.job_id}` "
+          "shows how it ended)", file=sys.stderr)
     return 0
 
 
