@@ -789,3 +789,13 @@ def test_a_hostile_format_annotation_is_quoted(tmp_path: Path) -> None:
     with pytest.raises(VenvoyError, match="newer venvoy") as err:
         transport._environment(pulled, "h.io/x:t")
     assert "\n" not in str(err.value) and "\x1b" not in str(err.value)
+
+
+def test_pushed_annotations_carry_no_url_credentials() -> None:
+    """The record pushed to a registry is redacted as an exported archive's is."""
+    from venvoy.transport.common import redacted
+
+    record = {"sources": ["https://user:s3cret@pypi.example.org/simple", "git+ssh://git@host/x"],
+              "n": 1}
+    assert redacted(record) == {"sources": ["https://***@pypi.example.org/simple",
+                                            "git+ssh://git@host/x"], "n": 1}

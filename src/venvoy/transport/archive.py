@@ -71,6 +71,7 @@ from venvoy.store.records import (
     named_images,
     write_env,
 )
+from venvoy.transport.common import redacted
 
 FORMAT = "venvoy-archive"
 FORMAT_VERSION = 1
@@ -85,7 +86,6 @@ MAX_SMALL = 16 << 20  # README.txt, env.json, pylock.toml; JSON members of image
 SUFFIXES = {"zstd": ".venvoy.tar.zst", "gzip": ".venvoy.tar.gz"}
 
 _ROOT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?!git@)[^/@\s]+@")
 
 _DAMAGED = "the archive is damaged or was tampered with: do not use it; ask its sender for a new one"
 
@@ -105,15 +105,6 @@ def zstd_available() -> bool:
 
 # -- export --------------------------------------------------------------------------------
 
-def _redacted(value: Any) -> Any:
-    """The record with credentials in URLs (``https://user:token@host``) replaced by ``***``."""
-    if isinstance(value, str):
-        return _USERINFO.sub(r"\g<scheme>***@", value)
-    if isinstance(value, dict):
-        return {k: _redacted(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redacted(v) for v in value]
-    return value
 
 
 def _choose_compression(compression: str | None, output: Path | None) -> str:
@@ -304,7 +295,7 @@ def export_archive(env: Environment, output: Path | None = None, *, with_sif: bo
     sif_path = _sif_of(env, with_sif, say)
 
     root = f"{env.name}-{env.lock_hash[:12]}"
-    record = _redacted(env.as_dict())
+    record = redacted(env.as_dict())
     with contextlib.ExitStack() as stack:
         image_fh = stack.enter_context(open(env.archive, "rb"))
         say(f"hashing image.tar ({mib(os.fstat(image_fh.fileno()).st_size)})")

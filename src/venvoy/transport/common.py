@@ -4,9 +4,10 @@ and the locked files, fetched into the wheel cache and verified before use."""
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from venvoy.core.errors import VenvoyError
 from venvoy.core.fs import sha256_file
@@ -110,3 +111,19 @@ def cached_files(env: Environment, lock_texts: Sequence[str],
 
 __all__ = ["DownloadProgress", "Say", "cached_files", "default_output", "env_arch", "other_arch",
            "quiet", "wheel_arch"]
+
+
+#: ``scheme://user:secret@`` in a URL (a git+ssh ``git@`` is a user name, not a secret).
+USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?!git@)[^/@\s]+@")
+
+
+def redacted(value: Any) -> Any:
+    """``value`` with credentials in URLs (``https://user:token@host``) replaced by ``***``:
+    what leaves the machine (an archive, a registry's annotations) carries no secret."""
+    if isinstance(value, str):
+        return USERINFO.sub(r"\g<scheme>***@", value)
+    if isinstance(value, dict):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    return value

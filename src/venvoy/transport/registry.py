@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -38,6 +37,7 @@ from venvoy.image import registry as reg
 from venvoy.image.tarsafe import CHUNK, TarWriter
 from venvoy.store.layout import Store
 from venvoy.store.records import Environment, lock_hash
+from venvoy.transport.common import redacted
 
 REGISTRY_FORMAT = "venvoy-registry/1"
 ANNOTATION_FORMAT = "org.venvoy.format"
@@ -46,7 +46,6 @@ ANNOTATION_LOCK = "org.venvoy.pylock"
 #: The most a lock carried in annotations may hold (the manifest itself is bounded).
 MAX_LOCK = 2 << 20
 
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?!git@)[^/@\s]+@")
 _NOT_VENVOY = ("pull images that `venvoy push` wrote; other images can be used as a base "
                "(`venvoy init NAME --base REF`)")
 
@@ -55,15 +54,6 @@ def _quiet(_msg: str) -> None:
     return None
 
 
-def redacted(value: Any) -> Any:
-    """``value`` with credentials in URLs (``https://user:token@host``) replaced by ``***``."""
-    if isinstance(value, str):
-        return _USERINFO.sub(r"\g<scheme>***@", value)
-    if isinstance(value, dict):
-        return {k: redacted(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redacted(v) for v in value]
-    return value
 
 
 def _checked(env: Environment) -> tuple[str, str]:
