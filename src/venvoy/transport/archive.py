@@ -202,7 +202,7 @@ def _checked_lock(env: Environment) -> bytes:
     return lock_bytes
 
 
-def _checked_image(env: Environment) -> str:
+def checked_image(env: Environment) -> str:
     """The store's image of ``env`` is there and is the one it was built with;
     returns its architecture (as image configs name it)."""
     from venvoy.image.oci import inspect_archive
@@ -291,7 +291,7 @@ def export_archive(env: Environment, output: Path | None = None, *, with_sif: bo
     compression = _choose_compression(compression, output)
     final = _output_path(env, output, compression)
     lock_bytes = _checked_lock(env)
-    architecture = _checked_image(env)
+    architecture = checked_image(env)
     sif_path = _sif_of(env, with_sif, say)
 
     root = f"{env.name}-{env.lock_hash[:12]}"

@@ -56,9 +56,10 @@ def _quiet(_msg: str) -> None:
 
 
 
-def _checked(env: Environment) -> tuple[str, str]:
-    """The lock text and the image's architecture; both must match the record."""
-    from venvoy.image.oci import inspect_archive
+def _checked_lock(env: Environment) -> str:
+    """The lock text, which must match the record, once the store's image is
+    checked to be the one the environment was built with."""
+    from venvoy.transport.archive import checked_image
 
     try:
         lock_text = (env.dir / "pylock.toml").read_bytes().decode("utf-8")
@@ -71,14 +72,8 @@ def _checked(env: Environment) -> tuple[str, str]:
     if len(lock_text.encode()) > MAX_LOCK:
         raise VenvoyError(f"the lock of {env.name} is larger than {MAX_LOCK >> 20} MiB",
                           "export it with `venvoy export --format archive` instead")
-    if not env.archive.is_file():
-        raise VenvoyError(f"the image of {env.name} is missing from the store ({env.archive})",
-                          f"rebuild it with `venvoy init {env.name} --force`")
-    info = inspect_archive(env.archive)
-    if info.image_id != env.image_id:
-        raise VenvoyError(f"the store's image for {env.name} is not the one it was built with",
-                          f"rebuild it with `venvoy init {env.name} --force`")
-    return lock_text, str(info.config.get("architecture") or "")
+    checked_image(env)
+    return lock_text
 
 
 def push_env(env: Environment, ref: str, *, environ: Mapping[str, str] | None = None,
@@ -88,7 +83,7 @@ def push_env(env: Environment, ref: str, *, environ: Mapping[str, str] | None = 
     target = reg.parse_reference(ref)
     if target.tag is None:
         target = reg.Reference(target.host, target.repository, env.identity[:12], target.digest)
-    lock_text, _arch = _checked(env)
+    lock_text = _checked_lock(env)
     record = redacted(env.as_dict())
     record.pop("imported_from", None)
     annotations = {
